@@ -1,0 +1,13 @@
+"""Every path the stages read or write, relative to the repository root (the
+folder DVC runs stages in). dvc.yaml names the same paths."""
+
+from pathlib import Path
+
+PARAMS_FILE = Path("params.yaml")
+
+DATA_DIR = Path("data")
+RAW_DIR = DATA_DIR / "raw"  # DVC output of `download`; torchvision's MNIST root
+MNIST_SUBDIR = Path("MNIST", "raw")  # where torchvision.datasets.MNIST looks in a root
+DIGESTS_NAME = "digests.json"  # SHA-256 of the four files: the data's lineage
+MNIST_RAW_DIR = RAW_DIR / MNIST_SUBDIR
+DIGESTS_FILE = RAW_DIR / DIGESTS_NAME

@@ -1,0 +1,227 @@
+"""params.yaml validation: every bound, unknown keys, types, YAML errors, exit 2."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import annotated_types
+import pytest
+import yaml
+
+from pipeline.errors import ParamsError
+from pipeline.params import Params, TrainParams, flatten, load_params, parse_params
+
+from .conftest import REPO
+
+
+def dump(params: dict) -> str:
+    return yaml.safe_dump(params, sort_keys=False)
+
+
+def with_value(params: dict, dotted: str, value: Any) -> dict:
+    changed = copy.deepcopy(params)
+    *parents, last = dotted.split(".")
+    node = changed
+    for part in parents:
+        node = node[part]
+    node[last] = value
+    return changed
+
+
+def problems(text: str) -> list[str]:
+    with pytest.raises(ParamsError) as caught:
+        parse_params(text)
+    return list(caught.value.lines)
+
+
+def test_committed_params_are_the_seed_experiment() -> None:
+    params = load_params(REPO / "params.yaml")
+    assert (params.model.depth, params.model.width) == (10, 64)
+    train = params.train
+    assert (train.epochs, train.batch_size, train.lr) == (9, 64, 0.001)
+    assert (train.betas, train.eps, train.weight_decay) == ([0.9, 0.999], 1e-8, 0.0)
+    assert (train.seeds, train.device) == ([0], "auto")
+    assert (params.data.source, params.data.verify) == ("auto", True)
+    assert params.tracking.experiment == "batchnorm-mnist"
+
+
+def numeric_bounds() -> list[tuple[str, str, float]]:
+    """(dotted key, bound kind, bound) for every numeric bound of every scalar field."""
+    found = []
+    for section, section_field in Params.model_fields.items():
+        for name, field in section_field.annotation.model_fields.items():
+            for meta in field.metadata:
+                for kind in ("gt", "ge", "lt", "le"):
+                    bound = getattr(meta, kind, None)
+                    if isinstance(meta, annotated_types.BaseMetadata) and bound is not None:
+                        found.append((f"{section}.{name}", kind, bound))
+    return found
+
+
+BOUNDS = numeric_bounds()
+
+
+def test_bounds_found_for_every_numeric_key() -> None:
+    keys = {key for key, _, _ in BOUNDS}
+    assert {"model.depth", "model.width", "train.epochs", "train.batch_size", "train.lr"} <= keys
+    assert {"train.eps", "train.weight_decay", "data.timeout_s", "visualize.dpi"} <= keys
+
+
+@pytest.mark.parametrize(("key", "kind", "bound"), BOUNDS, ids=[f"{k}-{b}" for k, b, _ in BOUNDS])
+def test_every_bound_rejects_the_value_beyond_and_accepts_the_edge(
+    params_dict: dict, key: str, kind: str, bound: float
+) -> None:
+    integer = isinstance(bound, int) and kind in ("ge", "le")
+    step = 1 if integer else max(abs(bound) * 1e-3, 1e-9)
+    outside = {"gt": bound, "ge": bound - step, "lt": bound, "le": bound + step}[kind]
+    lines = problems(dump(with_value(params_dict, key, outside)))
+    assert len(lines) == 1
+    assert lines[0].startswith(f"params.yaml: {key} = {outside}: must be ")
+    assert str(bound) in lines[0]
+    if kind in ("ge", "le"):  # the edge itself is allowed
+        parse_params(dump(with_value(params_dict, key, bound)))
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("train.lr", -0.1, "params.yaml: train.lr = -0.1: must be greater than 0"),
+        ("train.seeds", [], "params.yaml: train.seeds = []: must have at least 1 item"),
+        (
+            "train.seeds",
+            [3, 1, 3],
+            "train.seeds = [3, 1, 3]: must not repeat a seed (repeated: [3])",
+        ),
+        ("train.seeds", [-1], "train.seeds[0] = -1: must be greater than or equal to 0"),
+        ("train.betas", [0.9], "train.betas = [0.9]: must have at least 2 items"),
+        ("train.betas", [0.9, 1.0], "train.betas[1] = 1.0: must be less than 1"),
+        ("train.device", "tpu", "train.device = \"tpu\": must be 'auto', 'cpu', 'cuda' or 'mps'"),
+        ("data.source", "s3", "data.source = \"s3\": must be 'auto', 'torchvision', 'pypi'"),
+        ("train.epochs", "9", 'train.epochs = "9": must be a valid integer'),
+        ("train.epochs", 9.5, "train.epochs = 9.5: must be a valid integer"),
+        ("train.epochs", True, "train.epochs = true: must be a valid integer"),
+        ("data.verify", "yes", 'data.verify = "yes": must be a valid boolean'),
+        ("train.lr", "fast", 'train.lr = "fast": must be a valid number'),
+        ("tracking.experiment", "", 'tracking.experiment = "": must have at least 1 character'),
+        ("model", 5, "params.yaml: model = 5: must be a mapping of keys"),
+    ],
+)
+def test_bad_value_is_named_with_what_is_allowed(
+    params_dict: dict, key: str, value: Any, expected: str
+) -> None:
+    lines = problems(dump(with_value(params_dict, key, value)))
+    assert len(lines) == 1
+    assert expected in lines[0]
+    assert lines[0].startswith("params.yaml: ")
+
+
+def test_unknown_key_suggests_the_close_one(params_dict: dict) -> None:
+    params_dict["train"]["batchsize"] = params_dict["train"].pop("batch_size")
+    lines = problems(dump(params_dict))
+    assert any(
+        line.startswith(
+            "params.yaml: train.batchsize = 64: unknown key; did you mean train.batch_size?"
+        )
+        for line in lines
+    )
+    assert "params.yaml: train.batch_size: missing" in "\n".join(lines)
+
+
+def test_unknown_section_and_unrelated_key(params_dict: dict) -> None:
+    params_dict["trian"] = {"epochs": 1}
+    params_dict["model"]["colour"] = "red"
+    lines = problems(dump(params_dict))
+    assert len(lines) == 2
+    section = next(line for line in lines if "trian" in line)
+    assert "unknown section; did you mean train?" in section
+    key = next(line for line in lines if "colour" in line)
+    assert 'model.colour = "red": unknown key; allowed: depth, width' in key
+    assert "did you mean" not in key
+
+
+def test_every_problem_gets_its_own_line(params_dict: dict) -> None:
+    bad = with_value(with_value(params_dict, "train.lr", 0), "model.depth", 0)
+    del bad["evaluate"]
+    lines = problems(dump(bad))
+    assert sorted(line.split(" ")[1] for line in lines) == ["evaluate:", "model.depth", "train.lr"]
+
+
+def test_missing_section_is_reported(params_dict: dict) -> None:
+    del params_dict["tracking"]
+    assert problems(dump(params_dict)) == [
+        "params.yaml: tracking: missing: every section and key is required "
+        "(see the committed params.yaml)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("model:\n  depth: [10\n", "params.yaml: line 3, column 1: YAML syntax error: "),
+        (
+            "model:\n  depth: 1\n  depth: 2\n",
+            "line 3, column 3: YAML syntax error: duplicate key 'depth'",
+        ),
+        ("model: {depth: 1\n", "YAML syntax error"),
+        ("", "params.yaml: must be a mapping with the sections data, model, train"),
+        ("- 1\n- 2\n", "params.yaml: must be a mapping with the sections"),
+    ],
+)
+def test_yaml_errors_name_file_and_position(text: str, expected: str) -> None:
+    lines = problems(text)
+    assert len(lines) == 1
+    assert expected in lines[0]
+
+
+def test_exponent_floats_read_the_yaml_1_2_way(params_dict: dict) -> None:
+    # DVC (ruamel, YAML 1.2) reads 1e-3 as a float; so must we, or `-S train.lr=1e-3` breaks.
+    text = dump(params_dict).replace("lr: 0.001", "lr: 1e-3").replace("eps: 1.0e-08", "eps: 1E-8")
+    params = parse_params(text)
+    assert (params.train.lr, params.train.eps) == (0.001, 1e-8)
+
+
+def test_integer_accepted_where_a_float_is_expected(params_dict: dict) -> None:
+    assert parse_params(dump(with_value(params_dict, "train.lr", 1))).train.lr == 1.0
+
+
+def test_flatten_names_every_key_once(params_dict: dict) -> None:
+    flat = flatten(parse_params(dump(params_dict)))
+    assert flat["train.lr"] == 0.001
+    assert flat["model.depth"] == 10
+    assert len(flat) == sum(len(section) for section in params_dict.values())
+
+
+def test_train_params_reject_unknown_keys_directly() -> None:
+    with pytest.raises(ValueError, match="Extra inputs"):
+        TrainParams.model_validate({**load_params(REPO / "params.yaml").train.model_dump(), "x": 1})
+
+
+@pytest.mark.parametrize("stage", ["download"])
+def test_stage_exits_2_before_touching_outputs(
+    tmp_path: Path, params_dict: dict, stage: str
+) -> None:
+    (tmp_path / "params.yaml").write_text(dump(with_value(params_dict, "train.batchsize", 32)))
+    sentinel = tmp_path / "data" / "raw" / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    sentinel.parent.mkdir(parents=True)
+    sentinel.write_bytes(b"previous good output")
+    done = subprocess.run(
+        [sys.executable, "-m", f"pipeline.{stage}"],
+        cwd=tmp_path, capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "params.yaml: train.batchsize = 32: unknown key; did you mean train.batch_size? "
+        "allowed: epochs, batch_size, lr, betas, eps, weight_decay, seeds, device"
+    ]
+    assert "Traceback" not in done.stderr
+    assert sentinel.read_bytes() == b"previous good output"
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["raw"]
+
+
+def test_missing_params_file_is_a_params_error(tmp_path: Path) -> None:
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "params.yaml")
