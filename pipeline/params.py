@@ -50,6 +50,7 @@ class TrainParams(Section):
     weight_decay: Annotated[float, Field(ge=0, le=1)]
     seeds: Annotated[list[Seed], Field(min_length=1, max_length=100)]
     device: Literal["auto", "cpu", "cuda", "mps"]
+    cpu_threads: Annotated[int, Field(ge=0, le=1024)]  # 0: torch's default
 
     @field_validator("seeds")
     @classmethod

@@ -215,7 +215,7 @@ def test_stage_exits_2_before_touching_outputs(
     assert done.returncode == 2
     assert done.stderr.splitlines() == [
         "params.yaml: train.batchsize = 32: unknown key; did you mean train.batch_size? "
-        "allowed: epochs, batch_size, lr, betas, eps, weight_decay, seeds, device"
+        "allowed: epochs, batch_size, lr, betas, eps, weight_decay, seeds, device, cpu_threads"
     ]
     assert "Traceback" not in done.stderr
     assert sentinel.read_bytes() == b"previous good output"
