@@ -11,3 +11,7 @@ MNIST_SUBDIR = Path("MNIST", "raw")  # where torchvision.datasets.MNIST looks in
 DIGESTS_NAME = "digests.json"  # SHA-256 of the four files: the data's lineage
 MNIST_RAW_DIR = RAW_DIR / MNIST_SUBDIR
 DIGESTS_FILE = RAW_DIR / DIGESTS_NAME
+
+MODELS_DIR = DATA_DIR / "models"  # data/models/<variant>/: checkpoints, history, MLflow run ids
+REPORTS_DIR = Path("reports")
+TRAIN_REPORTS_DIR = REPORTS_DIR / "train"  # <variant>.json (DVC metrics), <variant>.csv (plots)

@@ -1,0 +1,38 @@
+"""Self-describing checkpoints: a later stage rebuilds the model from the file alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.errors import PipelineError
+from pipeline.files import atomic_write
+from pipeline.model import DeepMLP
+
+FORMAT = "batchnorm-mnist/checkpoint/1"
+
+
+def make_checkpoint(model: DeepMLP, **metadata: Any) -> dict[str, Any]:
+    """The model's config and CPU weights, plus whatever describes the run
+    (variant, seed, epoch, params, data digests, metrics)."""
+    state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+    return {"format": FORMAT, "model_config": dict(model.config), "state_dict": state, **metadata}
+
+
+def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
+    atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
+
+
+def load_checkpoint(path: Path) -> tuple[DeepMLP, dict[str, Any]]:
+    """The model, in eval mode on the CPU, and the whole checkpoint dict."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError) as err:
+        raise PipelineError(f"{path}: cannot read the checkpoint ({err})") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
+        raise PipelineError(f"{path}: not a checkpoint of this pipeline (format {FORMAT})")
+    model = DeepMLP(**checkpoint["model_config"])
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.eval(), checkpoint

@@ -1,0 +1,39 @@
+"""Choosing the training device, once, at a stage's edge."""
+
+from __future__ import annotations
+
+import torch
+
+from pipeline.errors import PipelineError
+
+
+def select_device(requested: str) -> torch.device:
+    """`auto` picks cuda, then mps, then cpu; an explicit device must exist."""
+    available = {
+        "cuda": torch.cuda.is_available(),
+        "mps": torch.backends.mps.is_available(),
+        "cpu": True,
+    }
+    if requested == "auto":
+        return torch.device(next(name for name, ok in available.items() if ok))
+    if not available[requested]:
+        raise PipelineError(
+            f"params.yaml: train.device = {requested}: no {requested} device on this machine; "
+            "use auto or cpu"
+        )
+    return torch.device(requested)
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    if device.type == "cpu":
+        threads = torch.get_num_threads()
+        return f"cpu ({threads} thread{'s' if threads > 1 else ''})"
+    return device.type
+
+
+def configure_threads(cpu_threads: int) -> None:
+    """train.cpu_threads: 0 keeps torch's default (one thread per core)."""
+    if cpu_threads:
+        torch.set_num_threads(cpu_threads)

@@ -1,0 +1,57 @@
+"""Per-epoch training records turned into the DVC metrics and plots files."""
+
+from __future__ import annotations
+
+import csv
+import io
+import statistics
+
+from pipeline.training import EpochRecord
+
+SUMMARY_KEYS = ("test_accuracy", "test_loss", "train_loss")
+
+
+def summarize(histories: dict[int, list[EpochRecord]]) -> dict:
+    """Final-epoch values per seed, their mean and (population) std across seeds."""
+    finals = {seed: history[-1] for seed, history in histories.items()}
+    summary: dict = {}
+    for key in SUMMARY_KEYS:
+        values = [getattr(record, key) for record in finals.values()]
+        summary[key] = statistics.fmean(values)
+        summary[f"{key}_std"] = statistics.pstdev(values)
+    summary["best_test_accuracy"] = statistics.fmean(
+        max(r.test_accuracy for r in history) for history in histories.values()
+    )
+    summary["epoch_seconds"] = statistics.median(
+        r.epoch_seconds for history in histories.values() for r in history
+    )
+    summary["per_seed"] = {
+        str(seed): {key: getattr(record, key) for key in SUMMARY_KEYS}
+        for seed, record in finals.items()
+    }
+    return summary
+
+
+def plot_table(histories: dict[int, list[EpochRecord]]) -> str:
+    """Per-epoch metrics as CSV, averaged across seeds: the DVC plots file."""
+    per_epoch = zip(*histories.values(), strict=True)
+    rows = []
+    for records in per_epoch:
+        columns = records[0].metrics().keys()
+        rows.append(
+            {"epoch": records[0].epoch}
+            | {c: statistics.fmean(r.metrics()[c] for r in records) for c in columns}
+        )
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def history_table(histories: dict[int, list[EpochRecord]]) -> dict[str, list[dict]]:
+    """Every seed's every epoch, all metrics: data/models/<variant>/history.json."""
+    return {
+        str(seed): [{"epoch": r.epoch} | r.metrics() for r in history]
+        for seed, history in histories.items()
+    }

@@ -1,0 +1,193 @@
+"""Every MLflow call of the pipeline, in one place.
+
+Where runs go: MLFLOW_TRACKING_URI when set (a server, or a temporary store
+in tests); otherwise MLflow 3's default layout at the root of the main
+repository - SQLite `mlflow.db` with artifacts in `mlruns/` - so that plain
+`mlflow ui` started there shows every run. DVC sets DVC_ROOT to the main
+repository also when it runs a stage in a temporary copy (`dvc exp run
+--temp`, queued experiments), so runs are never lost with the copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import subprocess
+import uuid
+import warnings
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from filelock import FileLock
+
+from pipeline.errors import PipelineError
+
+if TYPE_CHECKING:
+    import torch
+
+STORE_NAME = "mlflow.db"
+ARTIFACTS_NAME = "mlruns"
+SQLITE_PREFIX = "sqlite:///"
+
+
+def tracking_uri(environ: Mapping[str, str], cwd: Path) -> str:
+    if environ.get("MLFLOW_TRACKING_URI"):
+        return environ["MLFLOW_TRACKING_URI"]
+    root = Path(environ.get("DVC_ROOT") or cwd).resolve()
+    return f"{SQLITE_PREFIX}{root / STORE_NAME}"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` URI, None for any other store."""
+    return Path(uri.removeprefix(SQLITE_PREFIX)) if uri.startswith(SQLITE_PREFIX) else None
+
+
+def prepare_experiment(uri: str, name: str) -> str:
+    """Create the store's schema and the experiment if needed; return its id.
+
+    A SQLite store keeps its artifacts beside it, in mlruns/<experiment id>/
+    (MLflow's own layout), as absolute paths: a run started in a temporary
+    copy of the repository still writes them into the main one. Two
+    processes creating a new SQLite store at once break each other's schema
+    set-up, so that happens under a file lock.
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        db = sqlite_path(uri)
+        if db is None:
+            return _server_experiment(uri, name)
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(f"{db}.lock"):
+            from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+            store = SqlAlchemyStore(uri, (db.parent / ARTIFACTS_NAME).as_uri())
+            experiment = store.get_experiment_by_name(name)
+            return experiment.experiment_id if experiment else store.create_experiment(name)
+    except MlflowException as err:
+        raise PipelineError(f"MLflow store {uri}: {err.message}") from None
+
+
+def _server_experiment(uri: str, name: str) -> str:
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name)  # the server decides where artifacts go
+    except MlflowException:  # created meanwhile by another process
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def pipeline_run_id(environ: Mapping[str, str]) -> str:
+    """One id shared by all runs of one `dvc repro` (or `dvc exp run`).
+
+    The stages of one pipeline execution are children of the same DVC
+    process, so its pid and start time identify the execution. Outside DVC,
+    each process gets its own id. PIPELINE_RUN_ID overrides both.
+    """
+    if environ.get("PIPELINE_RUN_ID"):
+        return environ["PIPELINE_RUN_ID"]
+    import psutil
+
+    for process in psutil.Process().parents():
+        with contextlib.suppress(psutil.Error):
+            if _is_dvc(process.cmdline()):
+                key = f"{process.pid}-{process.create_time()}"
+                return hashlib.sha256(key.encode()).hexdigest()[:16]
+    return uuid.uuid4().hex[:16]
+
+
+def _is_dvc(cmdline: list[str]) -> bool:
+    words = [Path(word).name for word in cmdline[:3]]
+    return "dvc" in words
+
+
+def git_commit(cwd: Path) -> str | None:
+    done = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=False
+    )
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def run_tags(
+    variant: str, seed: int, device: str, execution: str, environ: Mapping[str, str], cwd: Path
+) -> dict[str, str]:
+    """Tags of a (variant, seed) run; `execution` is the pipeline_run_id."""
+    tags = {"variant": variant, "seed": str(seed), "device": device, "pipeline_run_id": execution}
+    commit = git_commit(cwd)
+    if commit:
+        tags["mlflow.source.git.commit"] = commit  # shown by the MLflow UI
+    if environ.get("DVC_EXP_NAME"):
+        tags["dvc_exp_name"] = environ["DVC_EXP_NAME"]
+    return tags
+
+
+class Run:
+    """One MLflow run: a (variant, seed) training. Use through `start_run`."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        import mlflow
+
+        mlflow.log_metrics(metrics, step=epoch, run_id=self.run_id)
+
+    def log_file(self, path: Path, folder: str) -> None:
+        import mlflow
+
+        mlflow.log_artifact(str(path), artifact_path=folder, run_id=self.run_id)
+
+    def log_dataset(self, source: Path, digests: dict[str, str]) -> None:
+        """The data as an MLflow input: its location and a digest of the four files."""
+        import mlflow
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+
+        combined = hashlib.sha256("".join(sorted(digests.values())).encode()).hexdigest()
+        # MLflow stores at most 36 characters of a dataset digest.
+        with warnings.catch_warnings():  # "can be interpreted in multiple ways": it is local
+            warnings.simplefilter("ignore", UserWarning)
+            location = resolve_dataset_source(str(source.resolve()))
+        dataset = MetaDataset(location, name="mnist", digest=combined[:32])
+        mlflow.log_input(dataset, context="training")
+
+    def log_model(self, model: torch.nn.Module, example: torch.Tensor) -> str:
+        """Log the model (MLflow 3's pt2 format) with its signature; return its URI."""
+        import mlflow
+        import torch
+        from mlflow.models import infer_signature
+
+        model.eval()
+        with torch.no_grad():
+            output = model(example).numpy()
+        info = mlflow.pytorch.log_model(
+            model,
+            name="model",
+            input_example=example.numpy(),
+            signature=infer_signature(example.numpy(), output),
+            # Explicit requirements: inferring them costs seconds per model.
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+        )
+        return info.model_uri
+
+
+@contextlib.contextmanager
+def start_run(
+    uri: str, experiment_id: str, name: str, tags: dict[str, str], params: dict[str, Any]
+) -> Iterator[Run]:
+    """Open a run; it ends FINISHED, or FAILED if the block raises."""
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=tags) as active:
+        mlflow.log_params({key: str(value) for key, value in params.items()})
+        yield Run(active.info.run_id)

@@ -1,0 +1,193 @@
+"""The train stage end to end on synthetic data, logging into a temporary MLflow store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from pipeline import download, mnist, paths, train
+from pipeline.checkpoint import load_checkpoint
+from pipeline.device import select_device
+from pipeline.errors import PipelineError
+
+from .conftest import REPO, write_synthetic_idx
+
+EPOCHS, SEEDS = 2, [0, 1]
+
+
+def tiny_params(local_dir: Path) -> dict:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"].update(source="local", local_dir=str(local_dir))
+    params["model"].update(depth=3, width=16)
+    params["train"].update(epochs=EPOCHS, batch_size=32, lr=0.01, seeds=SEEDS, device="cpu")
+    params["tracking"]["experiment"] = "stage-test"
+    return params
+
+
+def run_pipeline(root: Path, variants: list[str]) -> None:
+    """Synthetic data downloaded, then the variants trained, in the folder `root`."""
+    source = root / "source"
+    digests = write_synthetic_idx(source)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(mnist, "CANONICAL_SHA256", digests)
+        mp.chdir(root)
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/store/mlflow.db")
+        mp.setenv("PIPELINE_RUN_ID", "test-execution")
+        (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(source)))
+        download.main([])
+        for variant in variants:
+            train.main(["--variant", variant])
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("stage")
+    run_pipeline(root, ["bn", "nobn"])
+    return root
+
+
+@pytest.fixture(scope="module")
+def client(workspace: Path):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(f"sqlite:///{workspace}/store/mlflow.db")
+
+
+def runs_file(workspace: Path, variant: str) -> dict:
+    return json.loads((workspace / paths.MODELS_DIR / variant / "mlflow_runs.json").read_text())
+
+
+@pytest.mark.parametrize("variant", ["bn", "nobn"])
+def test_outputs_per_variant(workspace: Path, variant: str) -> None:
+    out = workspace / paths.MODELS_DIR / variant
+    assert sorted(p.name for p in out.iterdir()) == [
+        "history.json", "mlflow_runs.json", "seed0.pt", "seed1.pt",
+    ]  # fmt: skip
+    history = json.loads((out / "history.json").read_text())
+    assert sorted(history) == ["0", "1"]
+    assert [row["epoch"] for row in history["0"]] == [1, 2]
+    summary = json.loads((workspace / paths.TRAIN_REPORTS_DIR / f"{variant}.json").read_text())
+    finals = [history[s][-1]["test_accuracy"] for s in ("0", "1")]
+    assert summary["test_accuracy"] == pytest.approx(sum(finals) / 2)
+    assert summary["test_accuracy_std"] == pytest.approx(abs(finals[0] - finals[1]) / 2)
+    assert summary["per_seed"]["1"]["test_loss"] == history["1"][-1]["test_loss"]
+    plots = (workspace / paths.TRAIN_REPORTS_DIR / f"{variant}.csv").read_text().splitlines()
+    header = plots[0].split(",")
+    assert header[:5] == ["epoch", "train_loss", "test_loss", "test_accuracy", "epoch_seconds"]
+    assert "layer_03/dead_fraction" in header
+    assert len(plots) == 1 + EPOCHS
+    last = dict(zip(header, plots[-1].split(","), strict=True))
+    assert float(last["test_accuracy"]) == pytest.approx(summary["test_accuracy"])
+
+
+@pytest.mark.parametrize("variant", ["bn", "nobn"])
+def test_checkpoint_describes_itself(workspace: Path, variant: str) -> None:
+    _, checkpoint = load_checkpoint(workspace / paths.MODELS_DIR / variant / "seed1.pt")
+    assert checkpoint["model_config"] == {"depth": 3, "width": 16, "batchnorm": variant == "bn"}
+    assert (checkpoint["variant"], checkpoint["seed"], checkpoint["epoch"]) == (variant, 1, EPOCHS)
+    assert checkpoint["params"]["train"]["lr"] == 0.01
+    assert checkpoint["data_sha256"] == mnist.file_digests(workspace / paths.MNIST_RAW_DIR)
+    assert checkpoint["mlflow_run_id"] == runs_file(workspace, variant)["runs"]["1"]["run_id"]
+    history = json.loads((workspace / paths.MODELS_DIR / variant / "history.json").read_text())
+    assert checkpoint["metrics"]["test_accuracy"] == history["1"][-1]["test_accuracy"]
+
+
+def test_one_run_per_variant_and_seed_with_tags(workspace: Path, client) -> None:
+    experiment = client.get_experiment_by_name("stage-test")
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(r.info.run_name for r in runs) == [
+        "bn-seed0", "bn-seed1", "nobn-seed0", "nobn-seed1",
+    ]  # fmt: skip
+    for run in runs:
+        variant, seed = run.info.run_name.split("-seed")
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["variant"] == variant
+        assert run.data.tags["seed"] == seed
+        assert run.data.tags["pipeline_run_id"] == "test-execution"
+        assert run.data.tags["device"].startswith("cpu")
+        assert run.data.params["train.lr"] == "0.01"
+        assert run.data.params["model.depth"] == "3"
+        assert "visualize.dpi" not in run.data.params  # only the sections training uses
+        (dataset,) = run.inputs.dataset_inputs
+        assert dataset.dataset.name == "mnist"
+
+
+@pytest.mark.parametrize("variant", ["bn", "nobn"])
+def test_metric_history_has_one_point_per_epoch(workspace: Path, client, variant: str) -> None:
+    run_id = runs_file(workspace, variant)["runs"]["0"]["run_id"]
+    history = json.loads((workspace / paths.MODELS_DIR / variant / "history.json").read_text())
+    for name in ("train_loss", "test_loss", "test_accuracy", "epoch_seconds",
+                 "layer_01/grad_norm", "layer_03/dead_fraction"):  # fmt: skip
+        points = client.get_metric_history(run_id, name)
+        assert [p.step for p in points] == [1, 2], name
+        assert [p.value for p in points] == pytest.approx([row[name] for row in history["0"]])
+
+
+def test_checkpoints_and_data_lineage_are_artifacts(workspace: Path, client) -> None:
+    run_id = runs_file(workspace, "bn")["runs"]["1"]["run_id"]
+    checkpoints = [a.path for a in client.list_artifacts(run_id, "checkpoints")]
+    assert checkpoints == ["checkpoints/epoch_001.pt", "checkpoints/epoch_002.pt"]
+    last = Path(client.download_artifacts(run_id, "checkpoints/epoch_002.pt"))
+    logged, _ = load_checkpoint(last)
+    final, _ = load_checkpoint(workspace / paths.MODELS_DIR / "bn" / "seed1.pt")
+    assert all(torch.equal(a, b) for a, b in
+               zip(logged.state_dict().values(), final.state_dict().values(), strict=True))  # fmt: skip
+    digests = json.loads(Path(client.download_artifacts(run_id, "data/digests.json")).read_text())
+    assert digests["sha256"] == mnist.file_digests(workspace / paths.MNIST_RAW_DIR)
+    run = client.get_run(run_id)
+    assert run.info.artifact_uri.startswith((workspace / "store" / "mlruns").as_uri())
+
+
+@pytest.mark.parametrize("variant", ["bn", "nobn"])
+def test_logged_model_predicts_like_the_checkpoint(workspace: Path, variant: str) -> None:
+    import mlflow.pytorch
+
+    mlflow.set_tracking_uri(f"sqlite:///{workspace}/store/mlflow.db")
+    model_uri = runs_file(workspace, variant)["runs"]["0"]["model_uri"]
+    logged = mlflow.pytorch.load_model(model_uri)
+    checkpoint_model, _ = load_checkpoint(workspace / paths.MODELS_DIR / variant / "seed0.pt")
+    images = mnist.load_mnist(workspace / paths.RAW_DIR).test_images[:5].flatten(1).float() / 255
+    with torch.no_grad():
+        assert torch.equal(logged(images).argmax(1), checkpoint_model(images).argmax(1))
+        assert torch.allclose(logged(images), checkpoint_model(images), atol=1e-5)
+
+
+def test_training_refuses_data_that_changed(workspace: Path, monkeypatch) -> None:
+    copy = workspace / "changed"
+    write_synthetic_idx(copy)
+    monkeypatch.setattr(mnist, "CANONICAL_SHA256", mnist.file_digests(copy))
+    with (copy / "train-images-idx3-ubyte").open("r+b") as f:
+        f.seek(100)
+        f.write(b"\xff")
+    with pytest.raises(PipelineError) as caught:
+        train.verified_digests(copy, verify=True)
+    assert "train-images-idx3-ubyte: SHA-256" in caught.value.lines[0]
+    assert "dvc checkout data/raw" in caught.value.lines[-1]
+    assert train.verified_digests(copy, verify=False)  # data.verify: false trusts the files
+
+
+def test_missing_data_says_how_to_get_it(tmp_path: Path) -> None:
+    with pytest.raises(PipelineError, match="missing; run `dvc repro download`"):
+        train.verified_digests(tmp_path, verify=True)
+
+
+def test_auto_device_is_cpu_here_and_a_missing_device_is_refused() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    assert select_device("auto").type in ("cpu", "mps")
+    with pytest.raises(PipelineError, match=r"train\.device = cuda: no cuda device"):
+        select_device("cuda")
+
+
+def test_same_params_give_bit_identical_checkpoints(workspace: Path, tmp_path: Path) -> None:
+    run_pipeline(tmp_path, ["bn"])
+    for seed in SEEDS:
+        again, _ = load_checkpoint(tmp_path / paths.MODELS_DIR / "bn" / f"seed{seed}.pt")
+        first, _ = load_checkpoint(workspace / paths.MODELS_DIR / "bn" / f"seed{seed}.pt")
+        for (name, a), b in zip(first.state_dict().items(), again.state_dict().values(),
+                                strict=True):  # fmt: skip
+            assert torch.equal(a, b), name
