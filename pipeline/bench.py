@@ -1,0 +1,146 @@
+"""Benchmark: the classic DataLoader loop against the project's training loop.
+
+`python -m pipeline.bench` times, in one process, whole epochs (training pass
+plus the test-set pass) of
+  baseline: torchvision MNIST with ToTensor through a shuffling DataLoader,
+            Adam with its defaults, as tutorials (and the seed post) write it;
+  project:  the dataset resident on the device, seeded permutations, fused
+            Adam, per-layer diagnostics (pipeline/training.py);
+  project without diagnostics, to measure what the diagnostics cost;
+interleaved (A B C A B C ...), with the same model, batch size and threads.
+It prints each epoch, the medians and ratios; the last line is JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+from torch.nn import functional as F
+
+from pipeline import paths
+from pipeline.cli import run_stage, stage_parser
+from pipeline.device import configure_threads, select_device
+from pipeline.mnist import load_mnist
+from pipeline.model import DeepMLP
+from pipeline.params import load_params
+from pipeline.train import VARIANTS
+from pipeline.training import evaluate, make_optimizer, to_device, train_epoch
+
+log = logging.getLogger("bench")
+
+
+def classic_epoch(model: DeepMLP, optimizer: torch.optim.Optimizer, train_loader, test_loader,
+                  device: torch.device) -> None:  # fmt: skip
+    """The loop as commonly written: batches from a DataLoader, moved per step."""
+    model.train()
+    for images, labels in train_loader:
+        images, labels = images.to(device), labels.to(device)
+        optimizer.zero_grad()
+        loss = F.cross_entropy(model(images), labels)
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for images, labels in test_loader:
+            images, labels = images.to(device), labels.to(device)
+            correct += (model(images).argmax(1) == labels).sum().item()
+
+
+def compare(times: dict[str, list[float]]) -> dict[str, float]:
+    """Medians per loop, the speedup of the project loop and the diagnostics' cost."""
+    baseline, project, bare = (
+        statistics.median(times[name]) for name in ("baseline", "project", "project_no_diagnostics")
+    )
+    return {
+        "baseline_epoch_s": round(baseline, 3),
+        "project_epoch_s": round(project, 3),
+        "project_no_diagnostics_epoch_s": round(bare, 3),
+        "speedup": round(baseline / project, 2),
+        "diagnostics_overhead": round(project / bare - 1, 3),
+    }
+
+
+def timed(run: Callable[[], None], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    started = time.perf_counter()
+    run()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - started
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = stage_parser(__doc__.splitlines()[0])
+    parser.add_argument("--device", default=None, help="default: train.device from params")
+    parser.add_argument("--variant", choices=sorted(VARIANTS), default="bn")
+    parser.add_argument("--repeats", type=int, default=5, help="epochs per loop (default 5)")
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    device = select_device(args.device or params.train.device)
+    configure_threads(params.train.cpu_threads)
+    from torch.utils.data import DataLoader
+    from torchvision import datasets, transforms
+
+    batch_size, depth, width = params.train.batch_size, params.model.depth, params.model.width
+    to_tensor = transforms.ToTensor()
+    train_set = datasets.MNIST(str(paths.RAW_DIR), train=True, transform=to_tensor)
+    test_set = datasets.MNIST(str(paths.RAW_DIR), train=False, transform=to_tensor)
+    train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True)
+    test_loader = DataLoader(test_set, batch_size=batch_size)
+    mnist = load_mnist(paths.RAW_DIR)
+    data = to_device(mnist.train_images, mnist.train_labels, mnist.test_images,
+                     mnist.test_labels, device)  # fmt: skip
+    t = params.train
+    batchnorm = VARIANTS[args.variant]
+
+    def arm(classic: bool):
+        torch.manual_seed(0)
+        model = DeepMLP(depth, width, batchnorm).to(device)
+        if classic:
+            return model, torch.optim.Adam(model.parameters(), lr=t.lr)
+        return model, make_optimizer(model, t.lr, t.betas, t.eps, t.weight_decay)
+
+    (base_model, base_opt), (proj_model, proj_opt), (bare_model, bare_opt) = (
+        arm(True), arm(False), arm(False)
+    )  # fmt: skip
+    generator = torch.Generator().manual_seed(0)
+
+    def project(model: DeepMLP, optimizer: torch.optim.Optimizer, diagnostics: bool) -> None:
+        train_epoch(model, optimizer, data.train_x, data.train_y, batch_size, generator,
+                    track_gradients=diagnostics)  # fmt: skip
+        if diagnostics:
+            evaluate(model, data.test_x, data.test_y)
+        else:
+            with torch.no_grad():
+                (model.eval()(data.test_x).argmax(1) == data.test_y).float().mean().item()
+
+    loops = {
+        "baseline": lambda: classic_epoch(base_model, base_opt, train_loader, test_loader, device),
+        "project": lambda: project(proj_model, proj_opt, diagnostics=True),
+        "project_no_diagnostics": lambda: project(bare_model, bare_opt, diagnostics=False),
+    }
+    times: dict[str, list[float]] = {name: [] for name in loops}
+    log.info("device %s, %s model, batch %d, %d threads", device, args.variant, batch_size,
+             torch.get_num_threads())  # fmt: skip
+    for round_number in range(1, args.repeats + 1):
+        for name, loop in loops.items():
+            times[name].append(timed(loop, device))
+            log.info("round %d %-24s %.2f s", round_number, name, times[name][-1])
+    result = {"device": str(device), "variant": args.variant, "batch_size": batch_size,
+              "repeats": args.repeats} | compare(times)  # fmt: skip
+    baseline, project_s = result["baseline_epoch_s"], result["project_epoch_s"]
+    print(f"baseline (DataLoader) median {baseline:.2f} s/epoch")
+    print(f"project loop          median {project_s:.2f} s/epoch  speedup x{result['speedup']}")
+    print(f"diagnostics overhead  {100 * result['diagnostics_overhead']:+.1f}%")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    run_stage(main)

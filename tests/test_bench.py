@@ -1,0 +1,47 @@
+"""The benchmark's report (its timings are measured, not asserted)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline import bench, paths
+
+from .conftest import REPO, write_synthetic_idx
+
+
+def test_bench_prints_medians_and_ratio_as_json_last(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    write_synthetic_idx(tmp_path / paths.MNIST_RAW_DIR, n_train=96, n_test=32)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["model"].update(depth=2, width=8)
+    params["train"].update(batch_size=16, device="cpu")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    bench.main(["--repeats", "2"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    result = json.loads(lines[-1])
+    assert result["device"] == "cpu" and result["variant"] == "bn" and result["repeats"] == 2
+    for key in ("baseline_epoch_s", "project_epoch_s", "project_no_diagnostics_epoch_s"):
+        assert result[key] > 0
+    assert {"speedup", "diagnostics_overhead"} <= set(result)
+    assert lines[0].startswith("baseline (DataLoader) median")
+
+
+def test_compare_takes_medians_and_ratios() -> None:
+    times = {
+        "baseline": [7.0, 6.0, 30.0],  # one slow outlier: the median ignores it
+        "project": [2.1, 2.0, 1.9],
+        "project_no_diagnostics": [1.8, 1.9, 2.0],
+    }
+    assert bench.compare(times) == {
+        "baseline_epoch_s": 7.0,
+        "project_epoch_s": 2.0,
+        "project_no_diagnostics_epoch_s": 1.9,
+        "speedup": 3.5,
+        "diagnostics_overhead": 0.053,
+    }
