@@ -26,16 +26,20 @@ from pipeline import paths
 from pipeline.cli import run_stage, stage_parser
 from pipeline.device import configure_threads, select_device
 from pipeline.mnist import load_mnist
-from pipeline.model import DeepMLP
+from pipeline.model import VARIANTS, DeepMLP
 from pipeline.params import load_params
-from pipeline.train import VARIANTS
 from pipeline.training import evaluate, make_optimizer, to_device, train_epoch
 
 log = logging.getLogger("bench")
 
 
-def classic_epoch(model: DeepMLP, optimizer: torch.optim.Optimizer, train_loader, test_loader,
-                  device: torch.device) -> None:  # fmt: skip
+def classic_epoch(
+    model: DeepMLP,
+    optimizer: torch.optim.Optimizer,
+    train_loader,
+    test_loader,
+    device: torch.device,
+) -> None:
     """The loop as commonly written: batches from a DataLoader, moved per step."""
     model.train()
     for images, labels in train_loader:
@@ -95,8 +99,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True)
     test_loader = DataLoader(test_set, batch_size=batch_size)
     mnist = load_mnist(paths.RAW_DIR)
-    data = to_device(mnist.train_images, mnist.train_labels, mnist.test_images,
-                     mnist.test_labels, device)  # fmt: skip
+    data = to_device(
+        mnist.train_images, mnist.train_labels, mnist.test_images, mnist.test_labels, device
+    )
     t = params.train
     batchnorm = VARIANTS[args.variant]
 
@@ -108,13 +113,22 @@ def main(argv: Sequence[str] | None = None) -> None:
         return model, make_optimizer(model, t.lr, t.betas, t.eps, t.weight_decay)
 
     (base_model, base_opt), (proj_model, proj_opt), (bare_model, bare_opt) = (
-        arm(True), arm(False), arm(False)
-    )  # fmt: skip
+        arm(True),
+        arm(False),
+        arm(False),
+    )
     generator = torch.Generator().manual_seed(0)
 
     def project(model: DeepMLP, optimizer: torch.optim.Optimizer, diagnostics: bool) -> None:
-        train_epoch(model, optimizer, data.train_x, data.train_y, batch_size, generator,
-                    track_gradients=diagnostics)  # fmt: skip
+        train_epoch(
+            model,
+            optimizer,
+            data.train_x,
+            data.train_y,
+            batch_size,
+            generator,
+            track_gradients=diagnostics,
+        )
         if diagnostics:
             evaluate(model, data.test_x, data.test_y)
         else:
@@ -127,14 +141,23 @@ def main(argv: Sequence[str] | None = None) -> None:
         "project_no_diagnostics": lambda: project(bare_model, bare_opt, diagnostics=False),
     }
     times: dict[str, list[float]] = {name: [] for name in loops}
-    log.info("device %s, %s model, batch %d, %d threads", device, args.variant, batch_size,
-             torch.get_num_threads())  # fmt: skip
+    log.info(
+        "device %s, %s model, batch %d, %d threads",
+        device,
+        args.variant,
+        batch_size,
+        torch.get_num_threads(),
+    )
     for round_number in range(1, args.repeats + 1):
         for name, loop in loops.items():
             times[name].append(timed(loop, device))
             log.info("round %d %-24s %.2f s", round_number, name, times[name][-1])
-    result = {"device": str(device), "variant": args.variant, "batch_size": batch_size,
-              "repeats": args.repeats} | compare(times)  # fmt: skip
+    result = {
+        "device": str(device),
+        "variant": args.variant,
+        "batch_size": batch_size,
+        "repeats": args.repeats,
+    } | compare(times)
     baseline, project_s = result["baseline_epoch_s"], result["project_epoch_s"]
     print(f"baseline (DataLoader) median {baseline:.2f} s/epoch")
     print(f"project loop          median {project_s:.2f} s/epoch  speedup x{result['speedup']}")

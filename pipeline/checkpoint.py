@@ -14,6 +14,18 @@ from pipeline.model import DeepMLP
 FORMAT = "batchnorm-mnist/checkpoint/1"
 
 
+def checkpoint_path(models_dir: Path, seed: int) -> Path:
+    return models_dir / f"seed{seed}.pt"
+
+
+def checkpoints_of(models_dir: Path) -> dict[int, Path]:
+    """The final checkpoint of each seed, `seed<k>.pt`, by seed."""
+    found = {int(p.stem.removeprefix("seed")): p for p in models_dir.glob("seed*.pt")}
+    if not found:
+        raise PipelineError(f"{models_dir}: no checkpoints; run `dvc repro train_bn train_nobn`")
+    return dict(sorted(found.items()))
+
+
 def make_checkpoint(model: DeepMLP, **metadata: Any) -> dict[str, Any]:
     """The model's config and CPU weights, plus whatever describes the run
     (variant, seed, epoch, params, data digests, metrics)."""

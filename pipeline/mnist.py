@@ -59,15 +59,20 @@ def digests_record(digests: dict[str, str], verified: bool) -> str:
     return json.dumps({"sha256": digests, "verified": verified}, indent=2, sort_keys=True) + "\n"
 
 
-def load_mnist(root: Path) -> Mnist:
-    """Train and test images and labels, read by torchvision from `root`/MNIST/raw."""
+def load_split(root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (N, 28, 28) uint8 and labels (N,) int64 of one split, read by
+    torchvision from `root`/MNIST/raw."""
     from torchvision.datasets import MNIST  # heavy import, only where data is read
 
     try:
-        train = MNIST(str(root), train=True, download=False)
-        test = MNIST(str(root), train=False, download=False)
+        split = MNIST(str(root), train=train, download=False)
     except RuntimeError as err:
         raise PipelineError(
             f"{root}/MNIST/raw: cannot read MNIST ({err}); run `dvc repro download`"
         ) from None
-    return Mnist(train.data, train.targets, test.data, test.targets)
+    return split.data, split.targets
+
+
+def load_mnist(root: Path) -> Mnist:
+    """Train and test images and labels."""
+    return Mnist(*load_split(root, train=True), *load_split(root, train=False))

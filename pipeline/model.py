@@ -7,6 +7,7 @@ from torch import nn
 
 IMAGE_PIXELS = 28 * 28
 CLASSES = 10
+VARIANTS = {"bn": True, "nobn": False}  # the experiment's two variants: BatchNorm on/off
 
 
 class DeepMLP(nn.Module):
@@ -43,7 +44,3 @@ class DeepMLP(nn.Module):
     def hidden_weights(self) -> list[nn.Parameter]:
         """The weight matrix of each hidden Linear, first block first."""
         return [block[0].weight for block in self.hidden]
-
-
-def build_model(depth: int, width: int, batchnorm: bool) -> DeepMLP:
-    return DeepMLP(depth=depth, width=width, batchnorm=batchnorm)

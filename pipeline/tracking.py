@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import subprocess
+import time
 import uuid
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +27,8 @@ from pipeline.errors import PipelineError
 
 if TYPE_CHECKING:
     import torch
+
+log = logging.getLogger("tracking")
 
 STORE_NAME = "mlflow.db"
 ARTIFACTS_NAME = "mlruns"
@@ -178,6 +182,42 @@ class Run:
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
         )
         return info.model_uri
+
+
+def log_to_run(
+    uri: str,
+    run_id: str,
+    *,
+    metrics: dict[str, float] | None = None,
+    dicts: dict[str, Any] | None = None,
+    files: Sequence[Path] = (),
+    folder: str | None = None,
+) -> bool:
+    """Add metrics, JSON artifacts and files to a finished run, leaving it
+    finished. False (and a warning) when the store does not have the run,
+    e.g. models pulled from a DVC remote that were trained elsewhere."""
+    from mlflow.entities import Metric
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    db = sqlite_path(uri)
+    if db is not None and not db.exists():
+        log.warning("no MLflow store at %s: run %s not updated", db, run_id)
+        return False
+    client = MlflowClient(uri)
+    try:
+        client.get_run(run_id)
+    except MlflowException:
+        log.warning("MLflow run %s is not in %s: not updated", run_id, uri)
+        return False
+    now = int(time.time() * 1000)
+    if metrics:
+        client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
+    for name, content in (dicts or {}).items():
+        client.log_dict(run_id, content, name)
+    for path in files:
+        client.log_artifact(run_id, str(path), folder)
+    return True
 
 
 @contextlib.contextmanager

@@ -18,14 +18,14 @@ import torch
 from tqdm import tqdm
 
 from pipeline import paths, tracking
-from pipeline.checkpoint import make_checkpoint, save_checkpoint
+from pipeline.checkpoint import checkpoint_path, make_checkpoint, save_checkpoint
 from pipeline.cli import run_stage, stage_parser
 from pipeline.device import configure_threads, describe_device, select_device
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_write_json, atomic_write_text
 from pipeline.history import history_table, plot_table, summarize
 from pipeline.mnist import digest_mismatches, file_digests, load_mnist
-from pipeline.model import DeepMLP
+from pipeline.model import VARIANTS, DeepMLP
 from pipeline.params import Params, flatten, load_params
 from pipeline.training import (
     DeviceData,
@@ -37,8 +37,6 @@ from pipeline.training import (
 )
 
 log = logging.getLogger("train")
-
-VARIANTS = {"bn": True, "nobn": False}  # variant name -> BatchNorm on
 
 
 def verified_digests(mnist_dir: Path, verify: bool) -> dict[str, str]:
@@ -76,9 +74,13 @@ class Progress:
 
 
 def train_seed(
-    variant: str, seed: int, params: Params, data: DeviceData, digests: dict[str, str],
+    variant: str,
+    seed: int,
+    params: Params,
+    data: DeviceData,
+    digests: dict[str, str],
     run: tracking.Run,
-) -> tuple[DeepMLP, list[EpochRecord], dict]:  # fmt: skip
+) -> tuple[DeepMLP, list[EpochRecord], dict]:
     """Train one model; log each epoch's metrics and checkpoint to the run.
     Returns the model, its history and its final checkpoint."""
     torch.manual_seed(seed)  # the same initial weights for both variants
@@ -88,17 +90,26 @@ def train_seed(
     optimizer = make_optimizer(model, t.lr, t.betas, t.eps, t.weight_decay)
     label = f"{variant}-seed{seed}"
     describe = {
-        "variant": variant, "seed": seed, "data_sha256": digests, "mlflow_run_id": run.run_id,
+        "variant": variant,
+        "seed": seed,
+        "data_sha256": digests,
+        "mlflow_run_id": run.run_id,
+        "device": describe_device(data.train_x.device),
         "params": {"model": params.model.model_dump(), "train": params.train.model_dump()},
-    }  # fmt: skip
+    }
     checkpoints: list[dict] = []
 
     def on_epoch(record: EpochRecord) -> None:
         log.info(
             "%s epoch %d/%d: train_loss %.4f test_loss %.4f test_accuracy %.2f%% (%.1f s)",
-            label, record.epoch, t.epochs, record.train_loss, record.test_loss,
-            100 * record.test_accuracy, record.epoch_seconds,
-        )  # fmt: skip
+            label,
+            record.epoch,
+            t.epochs,
+            record.train_loss,
+            record.test_loss,
+            100 * record.test_accuracy,
+            record.epoch_seconds,
+        )
         run.log_epoch(record.epoch, record.metrics())
         checkpoint = make_checkpoint(
             model, epoch=record.epoch, metrics=record.metrics(), **describe
@@ -111,10 +122,15 @@ def train_seed(
 
     batches = len(batch_starts(len(data.train_x), t.batch_size))
     history = fit(
-        model, data, epochs=t.epochs, batch_size=t.batch_size, optimizer=optimizer,
-        generator=torch.Generator().manual_seed(seed), on_epoch=on_epoch,
+        model,
+        data,
+        epochs=t.epochs,
+        batch_size=t.batch_size,
+        optimizer=optimizer,
+        generator=torch.Generator().manual_seed(seed),
+        on_epoch=on_epoch,
         on_progress=Progress(label, batches, t.epochs),
-    )  # fmt: skip
+    )
     return model, history, checkpoints[-1]
 
 
@@ -131,30 +147,38 @@ def main(argv: Sequence[str] | None = None) -> None:
     experiment_id = tracking.prepare_experiment(uri, params.tracking.experiment)
     execution = tracking.pipeline_run_id(os.environ)
     mnist = load_mnist(paths.RAW_DIR)
-    data = to_device(mnist.train_images, mnist.train_labels, mnist.test_images,
-                     mnist.test_labels, device)  # fmt: skip
+    data = to_device(
+        mnist.train_images, mnist.train_labels, mnist.test_images, mnist.test_labels, device
+    )
     logged_params = flatten(params.model, "model.") | flatten(params.train, "train.")
     histories: dict[int, list[EpochRecord]] = {}
     runs = {}
     for seed in params.train.seeds:
         name = f"{variant}-seed{seed}"
-        tags = tracking.run_tags(variant, seed, describe_device(device), execution, os.environ,
-                                 Path.cwd())  # fmt: skip
+        tags = tracking.run_tags(
+            variant, seed, describe_device(device), execution, os.environ, Path.cwd()
+        )
         with tracking.start_run(uri, experiment_id, name, tags, logged_params) as run:
             run.log_dataset(paths.MNIST_RAW_DIR, digests)
             run.log_file(paths.DIGESTS_FILE, "data")
-            model, histories[seed], checkpoint = train_seed(variant, seed, params, data,
-                                                            digests, run)  # fmt: skip
-            save_checkpoint(out_dir / f"seed{seed}.pt", checkpoint)
+            model, histories[seed], checkpoint = train_seed(
+                variant, seed, params, data, digests, run
+            )
+            save_checkpoint(checkpoint_path(out_dir, seed), checkpoint)
             model_uri = None
             if params.tracking.log_model:
                 model_uri = run.log_model(model.cpu(), data.test_x[:5].cpu())
             runs[str(seed)] = {"run_id": run.run_id, "model_uri": model_uri}
-    atomic_write_json(out_dir / "history.json", history_table(histories))
-    atomic_write_json(out_dir / "mlflow_runs.json", {
-        "tracking_uri": uri, "experiment_id": experiment_id,
-        "pipeline_run_id": execution, "runs": runs,
-    })  # fmt: skip
+    atomic_write_json(out_dir / paths.HISTORY_NAME, history_table(histories))
+    atomic_write_json(
+        out_dir / paths.RUNS_NAME,
+        {
+            "tracking_uri": uri,
+            "experiment_id": experiment_id,
+            "pipeline_run_id": execution,
+            "runs": runs,
+        },
+    )
     atomic_write_json(paths.TRAIN_REPORTS_DIR / f"{variant}.json", summarize(histories))
     atomic_write_text(paths.TRAIN_REPORTS_DIR / f"{variant}.csv", plot_table(histories))
 

@@ -65,6 +65,11 @@ class EpochRecord:
         return flat
 
 
+def scale_images(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, 28, 28) images become float32 (N, 784) in [0, 1], as ToTensor gives."""
+    return images.flatten(1).float().div_(255)
+
+
 def to_device(
     train_images: torch.Tensor,
     train_labels: torch.Tensor,
@@ -72,10 +77,10 @@ def to_device(
     test_labels: torch.Tensor,
     device: torch.device,
 ) -> DeviceData:
-    """uint8 (N, 28, 28) images become float32 (N, 784) in [0, 1], as ToTensor gives."""
+    """Both splits on `device`, images scaled as `scale_images` does."""
 
     def scale(images: torch.Tensor) -> torch.Tensor:
-        return images.to(device).flatten(1).float().div_(255)
+        return scale_images(images.to(device))
 
     return DeviceData(
         scale(train_images), train_labels.to(device), scale(test_images), test_labels.to(device)
@@ -146,14 +151,19 @@ def evaluate(model: DeepMLP, x: torch.Tensor, y: torch.Tensor) -> tuple[float, f
     return loss, accuracy, layers
 
 
-def make_optimizer(model: nn.Module, lr: float, betas: list[float], eps: float,
-                   weight_decay: float) -> torch.optim.Adam:  # fmt: skip
+def make_optimizer(
+    model: nn.Module, lr: float, betas: list[float], eps: float, weight_decay: float
+) -> torch.optim.Adam:
     # fused=True: one kernel for all parameters; the same Adam update, several
     # times cheaper than the per-parameter loop on small layers (CPU and CUDA).
     return torch.optim.Adam(
-        model.parameters(), lr=lr, betas=(betas[0], betas[1]), eps=eps,
-        weight_decay=weight_decay, fused=True,
-    )  # fmt: skip
+        model.parameters(),
+        lr=lr,
+        betas=(betas[0], betas[1]),
+        eps=eps,
+        weight_decay=weight_decay,
+        fused=True,
+    )
 
 
 def fit(

@@ -38,6 +38,65 @@ def write_synthetic_idx(folder: Path, n_train: int = 200, n_test: int = 100) -> 
     return file_digests(folder)
 
 
+def tiny_params(local_dir: Path) -> dict:
+    """The committed params with a small network, two epochs, two seeds, on local data."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"].update(source="local", local_dir=str(local_dir))
+    params["model"].update(depth=3, width=16)
+    params["train"].update(epochs=2, batch_size=32, lr=0.01, seeds=[0, 1], device="cpu")
+    params["visualize"].update(distribution_images=50, dpi=40)
+    params["tracking"]["experiment"] = "stage-test"
+    return params
+
+
+def run_stages(root: Path, stages: list[str]) -> None:
+    """Run `download`, then the given stages in process, in the folder `root`,
+    on synthetic data (made canonical for the run), logging to root/store."""
+    from pipeline import download, evaluate, train, visualize
+
+    mains = {
+        "train_bn": lambda: train.main(["--variant", "bn"]),
+        "train_nobn": lambda: train.main(["--variant", "nobn"]),
+        "evaluate": lambda: evaluate.main([]),
+        "visualize": lambda: visualize.main([]),
+    }
+    source = root / "source"
+    digests = write_synthetic_idx(source)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(mnist, "CANONICAL_SHA256", digests)
+        mp.chdir(root)
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/store/mlflow.db")
+        mp.setenv("PIPELINE_RUN_ID", "test-execution")
+        if not (root / "params.yaml").exists():
+            (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(source)))
+        download.main([])
+        for stage in stages:
+            mains[stage]()
+
+
+@pytest.fixture(scope="session")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A temporary repo where both variants were trained on synthetic data."""
+    root = tmp_path_factory.mktemp("stage")
+    run_stages(root, ["train_bn", "train_nobn"])
+    return root
+
+
+@pytest.fixture(scope="session")
+def reported(workspace: Path) -> Path:
+    """The same repo after `evaluate` and `visualize`."""
+    run_stages(workspace, ["evaluate", "visualize"])
+    return workspace
+
+
+@pytest.fixture(scope="session")
+def client(workspace: Path):
+    """An MLflow client on the workspace's store."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(f"sqlite:///{workspace}/store/mlflow.db")
+
+
 @pytest.fixture
 def params_dict() -> dict:
     """The committed params.yaml as a dict, to modify per test."""

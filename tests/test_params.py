@@ -210,8 +210,12 @@ def test_stage_exits_2_before_touching_outputs(
     sentinel.write_bytes(b"previous good output")
     done = subprocess.run(
         [sys.executable, "-m", f"pipeline.{stage}"],
-        cwd=tmp_path, capture_output=True, text=True, check=False, timeout=120,
-    )  # fmt: skip
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
     assert done.returncode == 2
     assert done.stderr.splitlines() == [
         "params.yaml: train.batchsize = 32: unknown key; did you mean train.batch_size? "

@@ -49,9 +49,12 @@ def test_csv_parse_gives_back_images_and_labels() -> None:
 
 @pytest.mark.parametrize(
     ("row", "message"),
-    [("3," + ",".join(["0"] * 783), "expected 785 columns"), ("12," + ",".join(["0"] * 784), "labels"),
-     ("1," + ",".join(["256"] * 784), "pixels")],
-)  # fmt: skip
+    [
+        ("3," + ",".join(["0"] * 783), "expected 785 columns"),
+        ("12," + ",".join(["0"] * 784), "labels"),
+        ("1," + ",".join(["256"] * 784), "pixels"),
+    ],
+)
 def test_malformed_csv_is_rejected(row: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         sources.read_mnist_csv(io.StringIO("header\n" + row + "\n"))

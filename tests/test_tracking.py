@@ -93,24 +93,26 @@ def test_outside_dvc_each_process_gets_its_own_id() -> None:
     environ = {k: v for k, v in os.environ.items() if k != "PIPELINE_RUN_ID"}
     code = "import os; from pipeline.tracking import pipeline_run_id as p; print(p(os.environ))"
     ids = {
-        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       check=True, env=environ).stdout.strip()
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=environ
+        ).stdout.strip()
         for _ in range(2)
-    }  # fmt: skip
+    }
     assert len(ids) == 2
 
 
 def test_run_tags(tmp_path: Path) -> None:
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
-    tags = tracking.run_tags("bn", 3, "cpu (1 thread)", "abc", {"DVC_EXP_NAME": "lucky-fox"},
-                             tmp_path)  # fmt: skip
+    tags = tracking.run_tags(
+        "bn", 3, "cpu (1 thread)", "abc", {"DVC_EXP_NAME": "lucky-fox"}, tmp_path
+    )
     assert tags == {
         "variant": "bn",
         "seed": "3",
         "device": "cpu (1 thread)",
         "pipeline_run_id": "abc",
         "dvc_exp_name": "lucky-fox",
-    }  # fmt: skip  (no commit yet: no commit tag)
+    }  # no commit yet: no commit tag
 
 
 @pytest.mark.parametrize(

@@ -7,66 +7,30 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
-from pipeline import download, mnist, paths, train
+from pipeline import mnist, paths, train
 from pipeline.checkpoint import load_checkpoint
 from pipeline.device import select_device
 from pipeline.errors import PipelineError
 
-from .conftest import REPO, write_synthetic_idx
+from .conftest import run_stages, write_synthetic_idx
 
 EPOCHS, SEEDS = 2, [0, 1]
 
 
-def tiny_params(local_dir: Path) -> dict:
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["data"].update(source="local", local_dir=str(local_dir))
-    params["model"].update(depth=3, width=16)
-    params["train"].update(epochs=EPOCHS, batch_size=32, lr=0.01, seeds=SEEDS, device="cpu")
-    params["tracking"]["experiment"] = "stage-test"
-    return params
-
-
-def run_pipeline(root: Path, variants: list[str]) -> None:
-    """Synthetic data downloaded, then the variants trained, in the folder `root`."""
-    source = root / "source"
-    digests = write_synthetic_idx(source)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(mnist, "CANONICAL_SHA256", digests)
-        mp.chdir(root)
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/store/mlflow.db")
-        mp.setenv("PIPELINE_RUN_ID", "test-execution")
-        (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(source)))
-        download.main([])
-        for variant in variants:
-            train.main(["--variant", variant])
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("stage")
-    run_pipeline(root, ["bn", "nobn"])
-    return root
-
-
-@pytest.fixture(scope="module")
-def client(workspace: Path):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(f"sqlite:///{workspace}/store/mlflow.db")
-
-
 def runs_file(workspace: Path, variant: str) -> dict:
-    return json.loads((workspace / paths.MODELS_DIR / variant / "mlflow_runs.json").read_text())
+    return json.loads((workspace / paths.MODELS_DIR / variant / paths.RUNS_NAME).read_text())
 
 
 @pytest.mark.parametrize("variant", ["bn", "nobn"])
 def test_outputs_per_variant(workspace: Path, variant: str) -> None:
     out = workspace / paths.MODELS_DIR / variant
     assert sorted(p.name for p in out.iterdir()) == [
-        "history.json", "mlflow_runs.json", "seed0.pt", "seed1.pt",
-    ]  # fmt: skip
+        "history.json",
+        "mlflow_runs.json",
+        "seed0.pt",
+        "seed1.pt",
+    ]
     history = json.loads((out / "history.json").read_text())
     assert sorted(history) == ["0", "1"]
     assert [row["epoch"] for row in history["0"]] == [1, 2]
@@ -100,8 +64,11 @@ def test_one_run_per_variant_and_seed_with_tags(workspace: Path, client) -> None
     experiment = client.get_experiment_by_name("stage-test")
     runs = client.search_runs([experiment.experiment_id])
     assert sorted(r.info.run_name for r in runs) == [
-        "bn-seed0", "bn-seed1", "nobn-seed0", "nobn-seed1",
-    ]  # fmt: skip
+        "bn-seed0",
+        "bn-seed1",
+        "nobn-seed0",
+        "nobn-seed1",
+    ]
     for run in runs:
         variant, seed = run.info.run_name.split("-seed")
         assert run.info.status == "FINISHED"
@@ -120,8 +87,14 @@ def test_one_run_per_variant_and_seed_with_tags(workspace: Path, client) -> None
 def test_metric_history_has_one_point_per_epoch(workspace: Path, client, variant: str) -> None:
     run_id = runs_file(workspace, variant)["runs"]["0"]["run_id"]
     history = json.loads((workspace / paths.MODELS_DIR / variant / "history.json").read_text())
-    for name in ("train_loss", "test_loss", "test_accuracy", "epoch_seconds",
-                 "layer_01/grad_norm", "layer_03/dead_fraction"):  # fmt: skip
+    for name in (
+        "train_loss",
+        "test_loss",
+        "test_accuracy",
+        "epoch_seconds",
+        "layer_01/grad_norm",
+        "layer_03/dead_fraction",
+    ):
         points = client.get_metric_history(run_id, name)
         assert [p.step for p in points] == [1, 2], name
         assert [p.value for p in points] == pytest.approx([row[name] for row in history["0"]])
@@ -134,8 +107,10 @@ def test_checkpoints_and_data_lineage_are_artifacts(workspace: Path, client) -> 
     last = Path(client.download_artifacts(run_id, "checkpoints/epoch_002.pt"))
     logged, _ = load_checkpoint(last)
     final, _ = load_checkpoint(workspace / paths.MODELS_DIR / "bn" / "seed1.pt")
-    assert all(torch.equal(a, b) for a, b in
-               zip(logged.state_dict().values(), final.state_dict().values(), strict=True))  # fmt: skip
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(logged.state_dict().values(), final.state_dict().values(), strict=True)
+    )
     digests = json.loads(Path(client.download_artifacts(run_id, "data/digests.json")).read_text())
     assert digests["sha256"] == mnist.file_digests(workspace / paths.MNIST_RAW_DIR)
     run = client.get_run(run_id)
@@ -184,10 +159,11 @@ def test_auto_device_is_cpu_here_and_a_missing_device_is_refused() -> None:
 
 
 def test_same_params_give_bit_identical_checkpoints(workspace: Path, tmp_path: Path) -> None:
-    run_pipeline(tmp_path, ["bn"])
+    run_stages(tmp_path, ["train_bn"])
     for seed in SEEDS:
         again, _ = load_checkpoint(tmp_path / paths.MODELS_DIR / "bn" / f"seed{seed}.pt")
         first, _ = load_checkpoint(workspace / paths.MODELS_DIR / "bn" / f"seed{seed}.pt")
-        for (name, a), b in zip(first.state_dict().items(), again.state_dict().values(),
-                                strict=True):  # fmt: skip
+        for (name, a), b in zip(
+            first.state_dict().items(), again.state_dict().values(), strict=True
+        ):
             assert torch.equal(a, b), name

@@ -23,10 +23,12 @@ def synthetic_data(n_train: int = 300, n_test: int = 100) -> DeviceData:
     train_images, train_labels = synthetic_digits(n_train, seed=1)
     test_images, test_labels = synthetic_digits(n_test, seed=2)
     return to_device(
-        torch.from_numpy(train_images), torch.from_numpy(train_labels).long(),
-        torch.from_numpy(test_images), torch.from_numpy(test_labels).long(),
+        torch.from_numpy(train_images),
+        torch.from_numpy(train_labels).long(),
+        torch.from_numpy(test_images),
+        torch.from_numpy(test_labels).long(),
         torch.device("cpu"),
-    )  # fmt: skip
+    )
 
 
 def train(seed: int, batchnorm: bool, epochs: int = 3, data: DeviceData | None = None):
@@ -35,9 +37,13 @@ def train(seed: int, batchnorm: bool, epochs: int = 3, data: DeviceData | None =
     model = DeepMLP(4, 16, batchnorm)
     optimizer = make_optimizer(model, 1e-2, [0.9, 0.999], 1e-8, 0.0)
     history = fit(
-        model, data, epochs=epochs, batch_size=32, optimizer=optimizer,
+        model,
+        data,
+        epochs=epochs,
+        batch_size=32,
+        optimizer=optimizer,
         generator=torch.Generator().manual_seed(seed),
-    )  # fmt: skip
+    )
     return model, history
 
 
@@ -45,9 +51,13 @@ def test_scaling_is_bit_identical_to_to_tensor() -> None:
     from torchvision.transforms.functional import to_tensor
 
     images, labels = synthetic_digits(3, seed=0)
-    data = to_device(torch.from_numpy(images), torch.from_numpy(labels).long(),
-                     torch.from_numpy(images), torch.from_numpy(labels).long(),
-                     torch.device("cpu"))  # fmt: skip
+    data = to_device(
+        torch.from_numpy(images),
+        torch.from_numpy(labels).long(),
+        torch.from_numpy(images),
+        torch.from_numpy(labels).long(),
+        torch.device("cpu"),
+    )
     expected = torch.stack([to_tensor(image).flatten() for image in images])
     assert data.train_x.dtype == torch.float32
     assert torch.equal(data.train_x, expected)
@@ -132,7 +142,14 @@ def test_progress_reports_the_running_loss() -> None:
     model = DeepMLP(2, 8, batchnorm=True)
     optimizer = make_optimizer(model, 1e-3, [0.9, 0.999], 1e-8, 0.0)
     seen = []
-    loss, _ = train_epoch(model, optimizer, data.train_x, data.train_y, 4, torch.Generator(),
-                          on_progress=lambda n, running: seen.append((n, running)))  # fmt: skip
+    loss, _ = train_epoch(
+        model,
+        optimizer,
+        data.train_x,
+        data.train_y,
+        4,
+        torch.Generator(),
+        on_progress=lambda n, running: seen.append((n, running)),
+    )
     assert [n for n, _ in seen] == [50, 75]  # every 50 batches, and the last one
     assert seen[-1][1] == pytest.approx(loss)

@@ -1,0 +1,117 @@
+"""Stage `visualize`: the figures under reports/figures/ and the report.
+
+Reads the checkpoints and training histories of both variants, the
+evaluation (reports/metrics.json, reports/evaluation.json) and the test
+images; writes five PNG figures, reports/report.md and the self-contained
+reports/report.html, and attaches figures and report to every training run
+in MLflow.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from pipeline import figures, paths, report, tracking
+from pipeline.checkpoint import checkpoints_of, load_checkpoint
+from pipeline.cli import run_stage, stage_parser
+from pipeline.errors import PipelineError
+from pipeline.files import atomic_write, atomic_write_text
+from pipeline.mnist import load_split
+from pipeline.model import VARIANTS, DeepMLP
+from pipeline.params import load_params
+from pipeline.training import scale_images
+
+log = logging.getLogger("visualize")
+
+
+@torch.no_grad()
+def layer_activations(model: DeepMLP, x: torch.Tensor) -> list[np.ndarray]:
+    """Each hidden layer's post-ReLU output for the images x: (N, width) arrays."""
+    model.eval()
+    return [a.numpy() for a in model.forward_with_activations(x)[1]]
+
+
+def save_figure(fig: Figure, path: Path, dpi: int) -> None:
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = stage_parser(__doc__.splitlines()[0]).parse_args(argv)
+    params = load_params(args.params).visualize
+    images, labels = load_split(paths.RAW_DIR, train=False)
+    if params.sample_index >= len(images):
+        raise PipelineError(
+            f"params.yaml: visualize.sample_index = {params.sample_index}: "
+            f"must be less than {len(images)}, the number of test images"
+        )
+    # The first seed's model of each variant shows what a single network does.
+    loaded = {
+        v: load_checkpoint(next(iter(checkpoints_of(paths.MODELS_DIR / v).values())))
+        for v in VARIANTS
+    }
+    sample = scale_images(images[params.sample_index : params.sample_index + 1])
+    batch = scale_images(images[: params.distribution_images])
+    history = {
+        v: json.loads((paths.MODELS_DIR / v / paths.HISTORY_NAME).read_text()) for v in VARIANTS
+    }
+    evaluation = json.loads(paths.EVALUATION_FILE.read_text())
+    confusions = {
+        v: np.sum([np.array(s["confusion"]) for s in evaluation[v].values()], axis=0)
+        for v in VARIANTS
+    }
+    drawn = {
+        "activations": figures.activation_grid(
+            images[params.sample_index].numpy(),
+            {v: [a[0] for a in layer_activations(m, sample)] for v, (m, _) in loaded.items()},
+            int(labels[params.sample_index]),
+            params.sample_index,
+        ),
+        "activation_distributions": figures.activation_distributions(
+            {v: layer_activations(m, batch) for v, (m, _) in loaded.items()}
+        ),
+        "training_curves": figures.training_curves(history),
+        "layer_diagnostics": figures.layer_diagnostics(history),
+        "confusion_matrices": figures.confusion_matrices(confusions),
+    }
+    written = []
+    for name, fig in drawn.items():
+        written.append(paths.FIGURES_DIR / f"{name}.png")
+        save_figure(fig, written[-1], params.dpi)
+    checkpoint = loaded["bn"][1]
+    context = report.Context(
+        params=checkpoint["params"],
+        digests=checkpoint["data_sha256"],
+        commit=tracking.git_commit(Path.cwd()) or "unknown",
+        device=checkpoint["device"],
+        date=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        metrics=json.loads(paths.METRICS_FILE.read_text()),
+        evaluation=evaluation,
+        history=history,
+        figures={
+            n: str(p.relative_to(paths.REPORTS_DIR)) for n, p in zip(drawn, written, strict=True)
+        },
+    )
+    blocks = report.build(context)
+    atomic_write_text(paths.REPORT_MD, report.render_markdown(blocks))
+    atomic_write_text(paths.REPORT_HTML, report.render_html(blocks, paths.REPORTS_DIR))
+    log.info("wrote %d figures, %s and %s", len(written), paths.REPORT_MD, paths.REPORT_HTML)
+    uri = tracking.tracking_uri(os.environ, Path.cwd())
+    for variant in VARIANTS:
+        runs = json.loads((paths.MODELS_DIR / variant / paths.RUNS_NAME).read_text())["runs"]
+        for run in runs.values():
+            tracking.log_to_run(
+                uri, run["run_id"], files=[*written, paths.REPORT_HTML], folder="report"
+            )
+
+
+if __name__ == "__main__":
+    run_stage(main)

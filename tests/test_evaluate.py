@@ -1,0 +1,130 @@
+"""The evaluate stage: correct numbers, metrics.json, the table, MLflow."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline import evaluate, paths
+from pipeline.checkpoint import checkpoints_of, load_checkpoint
+from pipeline.errors import PipelineError
+from pipeline.evaluate import Evaluation
+from pipeline.mnist import load_split
+from pipeline.model import DeepMLP
+from pipeline.training import scale_images
+
+
+def constant_model(predicted: int) -> DeepMLP:
+    """A model whose logits are the same for every image: always `predicted`."""
+    model = DeepMLP(1, 4, batchnorm=False)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.output.bias[predicted] = 1.0
+    return model
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 100])
+def test_evaluate_model_counts_and_loss(batch_size: int) -> None:
+    y = torch.tensor([2, 2, 5, 7, 2, 0])
+    x = torch.rand(len(y), 784)
+    result = evaluate.evaluate_model(constant_model(2), x, y, batch_size)
+    assert result.test_accuracy == pytest.approx(3 / 6)
+    assert result.confusion[2][2] == 3
+    assert result.confusion[5][2] == 1 and result.confusion[0][2] == 1
+    assert sum(map(sum, result.confusion)) == 6
+    logits = torch.zeros(len(y), 10)
+    logits[:, 2] = 1.0
+    expected = torch.nn.functional.cross_entropy(logits, y).item()
+    assert result.test_loss == pytest.approx(expected)
+    assert result.class_accuracy[2] == 1.0 and result.class_accuracy[5] == 0.0
+    assert result.class_accuracy[9] == 0.0  # no image of class 9: 0, not a division error
+
+
+def test_summary_has_means_stds_and_the_difference() -> None:
+    def e(accuracy: float, loss: float) -> Evaluation:
+        return Evaluation(accuracy, loss, [[0] * 10 for _ in range(10)])
+
+    metrics = evaluate.summarize(
+        {"bn": {0: e(0.98, 0.1), 1: e(0.96, 0.3)}, "nobn": {0: e(0.95, 0.2), 1: e(0.95, 0.4)}}
+    )
+    assert metrics["bn"]["test_accuracy"] == pytest.approx(0.97)
+    assert metrics["bn"]["test_accuracy_std"] == pytest.approx(0.01)
+    assert metrics["nobn"]["test_loss"] == pytest.approx(0.3)
+    assert metrics["bn"]["seeds"] == 2
+    assert metrics["bn"]["per_seed"]["1"] == {"test_accuracy": 0.96, "test_loss": 0.3}
+    assert metrics["bn_minus_nobn"]["test_accuracy"] == pytest.approx(0.02)
+    assert metrics["bn_minus_nobn"]["test_loss"] == pytest.approx(-0.1)
+    table = evaluate.accuracy_table(metrics)
+    assert "| bn | 2 | 97.00 | 1.00 | 0.2000 |" in table
+    assert "| bn - nobn | | +2.00 | | -0.1000 |" in table
+
+
+def test_no_checkpoints_says_what_to_run(tmp_path: Path) -> None:
+    with pytest.raises(PipelineError, match="no checkpoints; run `dvc repro train_bn"):
+        checkpoints_of(tmp_path)
+
+
+def test_checkpoints_are_ordered_by_seed_number(tmp_path: Path) -> None:
+    for seed in (10, 2, 1):
+        (tmp_path / f"seed{seed}.pt").touch()
+    assert list(checkpoints_of(tmp_path)) == [1, 2, 10]
+
+
+def test_stage_metrics_match_a_fresh_evaluation(reported: Path) -> None:
+    metrics = json.loads((reported / paths.METRICS_FILE).read_text())
+    images, labels = load_split(reported / paths.RAW_DIR, train=False)
+    for variant in ("bn", "nobn"):
+        for seed, path in checkpoints_of(reported / paths.MODELS_DIR / variant).items():
+            model, _ = load_checkpoint(path)
+            accuracy = (model(scale_images(images)).argmax(1) == labels).float().mean().item()
+            assert metrics[variant]["per_seed"][str(seed)]["test_accuracy"] == pytest.approx(
+                accuracy
+            )
+    details = json.loads((reported / paths.EVALUATION_FILE).read_text())
+    confusion = details["bn"]["0"]["confusion"]
+    assert sum(map(sum, confusion)) == len(labels)
+    assert sum(confusion[k][k] for k in range(10)) / len(labels) == pytest.approx(
+        metrics["bn"]["per_seed"]["0"]["test_accuracy"]
+    )
+    table = (reported / paths.ACCURACY_TABLE).read_text()
+    assert f"| nobn | 2 | {100 * metrics['nobn']['test_accuracy']:.2f} |" in table
+
+
+def test_final_training_accuracy_equals_evaluation(reported: Path) -> None:
+    metrics = json.loads((reported / paths.METRICS_FILE).read_text())
+    for variant in ("bn", "nobn"):
+        history = json.loads((reported / paths.MODELS_DIR / variant / "history.json").read_text())
+        for seed, rows in history.items():
+            assert metrics[variant]["per_seed"][seed]["test_accuracy"] == pytest.approx(
+                rows[-1]["test_accuracy"]
+            )
+
+
+def test_evaluation_lands_in_each_training_run(reported: Path, client) -> None:
+    runs = json.loads((reported / paths.MODELS_DIR / "nobn" / paths.RUNS_NAME).read_text())
+    metrics = json.loads((reported / paths.METRICS_FILE).read_text())
+    for seed, entry in runs["runs"].items():
+        run = client.get_run(entry["run_id"])
+        assert run.info.status == "FINISHED"
+        assert run.data.metrics["eval/test_accuracy"] == pytest.approx(
+            metrics["nobn"]["per_seed"][seed]["test_accuracy"]
+        )
+        assert "eval/class_9_accuracy" in run.data.metrics
+        path = client.download_artifacts(entry["run_id"], "evaluation/confusion_matrix.json")
+        assert len(json.loads(Path(path).read_text())) == 10
+
+
+def test_a_run_missing_from_the_store_is_skipped_with_a_warning(tmp_path: Path, caplog) -> None:
+    from pipeline import tracking
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    assert tracking.log_to_run(uri, "0" * 32, metrics={"x": 1.0}) is False
+    assert not (tmp_path / "mlflow.db").exists()  # no store created just to look
+    tracking.prepare_experiment(uri, "e")
+    with caplog.at_level("WARNING"):
+        assert tracking.log_to_run(uri, "0" * 32, metrics={"x": 1.0}) is False
+    assert "is not in" in caplog.text

@@ -1,0 +1,120 @@
+"""`dvc repro` end to end, in a temporary copy of the project, on synthetic data."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import REPO, tiny_params, write_synthetic_idx
+
+pytestmark = pytest.mark.slow
+
+
+def project_files() -> list[str]:
+    """What a clone would hold: tracked files plus new, not ignored ones."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout.split("\n")  # fmt: skip
+    return [name for name in listed if name and (REPO / name).is_file()]
+
+
+def declared_outputs(dvc_yaml: dict) -> list[str]:
+    outputs = []
+    for stage in dvc_yaml["stages"].values():
+        for kind in ("outs", "metrics", "plots"):
+            for entry in stage.get(kind, []):
+                outputs.append(entry if isinstance(entry, str) else next(iter(entry)))
+    return outputs
+
+
+def dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MLFLOW_TRACKING_URI", "PIPELINE_RUN_ID")}  # fmt: skip
+    # Stages run `python -m pipeline.<stage>`: this interpreter's, so its packages.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env,
+                          capture_output=True, text=True, check=False, timeout=900)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("e2e")
+    repo = root / "repo"
+    for name in project_files():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, repo / name)
+    (repo / "dvc.lock").unlink(missing_ok=True)  # a fresh project: nothing ran yet
+    source = root / "digits"
+    write_synthetic_idx(source)
+    params = tiny_params(source)
+    params["data"]["verify"] = False  # synthetic digits are not MNIST
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "copy"], cwd=repo, check=True)
+    done = dvc(repo, "repro")
+    assert done.returncode == 0, done.stdout + done.stderr
+    return repo
+
+
+def test_every_declared_output_exists(repo: Path) -> None:
+    dvc_yaml = yaml.safe_load((repo / "dvc.yaml").read_text())
+    outputs = declared_outputs(dvc_yaml)
+    assert len(outputs) >= 12
+    for output in outputs:
+        path = repo / output
+        assert path.exists(), output
+        assert (path.is_file() and path.stat().st_size > 0) or any(path.iterdir()), output
+
+
+def test_runs_land_in_the_default_store_with_one_execution_id(repo: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    assert (repo / "mlflow.db").is_file() and (repo / "mlruns").is_dir()
+    client = MlflowClient(f"sqlite:///{repo}/mlflow.db")
+    experiment = client.get_experiment_by_name("stage-test")
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(r.info.run_name for r in runs) == [
+        "bn-seed0", "bn-seed1", "nobn-seed0", "nobn-seed1",
+    ]  # fmt: skip
+    assert len({r.data.tags["pipeline_run_id"] for r in runs}) == 1  # one `dvc repro`
+    assert all("mlflow.source.git.commit" in r.data.tags for r in runs)
+
+
+def test_dvc_metrics_and_plots_work_without_mlflow(repo: Path) -> None:
+    shown = dvc(repo, "metrics", "show", "--json")
+    assert shown.returncode == 0, shown.stderr
+    metrics = json.loads(shown.stdout)[""]["data"]
+    assert {"reports/metrics.json", "reports/train/bn.json", "reports/train/nobn.json"} <= set(
+        metrics
+    )
+    plots = dvc(repo, "plots", "show", "--json")
+    assert plots.returncode == 0, plots.stderr
+    assert {"test_accuracy", "test_loss", "train_loss"} <= set(json.loads(plots.stdout)["data"])
+
+
+def test_second_repro_runs_nothing(repo: Path) -> None:
+    done = dvc(repo, "repro")
+    assert done.returncode == 0, done.stderr
+    assert "Running stage" not in done.stdout
+    status = dvc(repo, "status", "--json")
+    assert json.loads(status.stdout) == {}
+
+
+def test_visualize_params_rerun_only_visualize(repo: Path) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["visualize"]["dpi"] = 50
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    done = dvc(repo, "repro")
+    assert done.returncode == 0, done.stderr
+    ran = [line.split("'")[1] for line in done.stdout.splitlines() if line.startswith("Running")]
+    assert ran == ["visualize"]

@@ -1,0 +1,177 @@
+"""The figures and the report: panels, numbers that match, a self-contained HTML."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline import figures, paths, report
+from pipeline.errors import PipelineError
+
+from .conftest import run_stages
+
+FIGURES = [
+    "activations",
+    "activation_distributions",
+    "training_curves",
+    "layer_diagnostics",
+    "confusion_matrices",
+]
+
+
+def panels(fig) -> list:
+    """Axes that are plots, not colorbars or hidden fillers."""
+    return [ax for ax in fig.axes if ax.get_label() != "<colorbar>" and ax.get_visible()]
+
+
+def fake_history(depth: int, epochs: int, seeds: int) -> figures.History:
+    rng = np.random.default_rng(0)
+
+    def row(epoch: int) -> dict[str, float]:
+        values = {"epoch": epoch, "train_loss": 1 / epoch, "test_loss": 1.2 / epoch,
+                  "test_accuracy": 0.9 + 0.01 * epoch, "epoch_seconds": 2.0}  # fmt: skip
+        for k in range(1, depth + 1):
+            for name in ("act_mean", "act_std", "dead_fraction", "grad_norm"):
+                values[f"layer_{k:02d}/{name}"] = float(rng.uniform(0.01, 1))
+        return values
+
+    return {
+        v: {str(s): [row(e) for e in range(1, epochs + 1)] for s in range(seeds)}
+        for v in ("bn", "nobn")
+    }
+
+
+@pytest.mark.parametrize(("width", "side", "blank"), [(64, 8, 0), (10, 4, 6), (1, 1, 0)])
+def test_activation_vector_becomes_the_nearest_square(width: int, side: int, blank: int) -> None:
+    image = figures.square(np.arange(width, dtype=float))
+    assert image.shape == (side, side)
+    assert int(np.isnan(image).sum()) == blank
+    assert image.ravel()[width - 1] == width - 1
+
+
+@pytest.mark.parametrize("depth", [3, 10])
+def test_activation_grid_has_input_and_one_panel_per_layer_per_variant(depth: int) -> None:
+    rng = np.random.default_rng(1)
+    activations = {v: [rng.random(64) for _ in range(depth)] for v in ("bn", "nobn")}
+    fig = figures.activation_grid(rng.random((28, 28)), activations, label=7, index=0)
+    shown = panels(fig)
+    assert len(shown) == 2 * (depth + 1)
+    assert [ax.get_title() for ax in shown[: depth + 1]] == ["input"] + [
+        f"layer {k}" for k in range(1, depth + 1)
+    ]
+    assert shown[1].images[0].get_array().shape == (8, 8)
+    assert "test image 0 (label 7)" in fig.get_suptitle()
+
+
+def test_distribution_panels_one_per_layer_with_both_variants() -> None:
+    rng = np.random.default_rng(2)
+    activations = {v: [np.maximum(rng.normal(size=(20, 16)), 0) for _ in range(7)]
+                   for v in ("bn", "nobn")}  # fmt: skip
+    shown = panels(figures.activation_distributions(activations))
+    assert len(shown) == 7
+    labels = [t.get_text() for t in shown[0].get_legend().get_texts()]
+    assert len(labels) == 2 and labels[0].startswith("bn (") and "% zeros" in labels[0]
+    assert all(ax.get_xlabel() and ax.get_ylabel() for ax in shown)
+
+
+@pytest.mark.parametrize("seeds", [1, 3])
+def test_training_curves_three_panels_two_variants(seeds: int) -> None:
+    shown = panels(figures.training_curves(fake_history(depth=2, epochs=4, seeds=seeds)))
+    assert [ax.get_title() for ax in shown] == ["Train loss", "Test loss", "Test accuracy"]
+    for ax in shown:
+        assert len(ax.get_lines()) == 2
+        assert len(ax.collections) == (2 if seeds > 1 else 0)  # std band only with seeds
+        assert ax.get_xlabel() == "epoch"
+    assert shown[2].get_lines()[0].get_ydata()[-1] == pytest.approx(94.0)
+
+
+def test_layer_diagnostics_one_line_per_layer() -> None:
+    shown = panels(figures.layer_diagnostics(fake_history(depth=5, epochs=3, seeds=2)))
+    assert len(shown) == 4
+    assert all(len(ax.get_lines()) == 5 for ax in shown)
+    assert shown[0].get_yscale() == "log"
+
+
+def test_confusion_matrices_one_panel_each_with_accuracy_in_the_title() -> None:
+    matrix = np.eye(10, dtype=int) * 8 + 1  # 90 correct out of 180
+    shown = panels(figures.confusion_matrices({"bn": matrix, "nobn": matrix}))
+    assert len(shown) == 2
+    assert shown[0].get_title() == "with BatchNorm: 50.00% correct"
+    assert len(shown[0].texts) == 100
+
+
+def test_stage_writes_every_figure_as_png(reported: Path) -> None:
+    for name in FIGURES:
+        data = (reported / paths.FIGURES_DIR / f"{name}.png").read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert sorted(p.stem for p in (reported / paths.FIGURES_DIR).iterdir()) == sorted(FIGURES)
+
+
+def test_report_numbers_equal_metrics_json(reported: Path) -> None:
+    metrics = json.loads((reported / paths.METRICS_FILE).read_text())
+    text = (reported / paths.REPORT_MD).read_text()
+    for variant, label in (("bn", "with BatchNorm"), ("nobn", "without BatchNorm")):
+        accuracy = f"{100 * metrics[variant]['test_accuracy']:.2f}"
+        std = f"{100 * metrics[variant]['test_accuracy_std']:.2f}"
+        assert f"| {label} | 2 | {accuracy} | {std} |" in text
+    diff = 100 * metrics["bn_minus_nobn"]["test_accuracy"]
+    assert f"{diff:+.2f} points after 2 epochs" in text
+    assert f"| bn - nobn |  | {diff:+.2f} |" in text
+    for name in FIGURES:
+        assert f"(figures/{name}.png)" in text
+
+
+def test_report_says_what_was_run(reported: Path) -> None:
+    text = (reported / paths.REPORT_MD).read_text()
+    digests = json.loads((reported / paths.DIGESTS_FILE).read_text())["sha256"]
+    for digest in digests.values():
+        assert digest in text
+    assert "| model.depth | 3 |" in text
+    assert "| train.seeds | [0, 1] |" in text
+    assert re.search(r"\| device \| cpu \(\d+ threads?\) \|", text)
+    assert re.search(r"\| generated \| \d{4}-\d\d-\d\d \d\d:\d\d UTC \|", text)
+
+
+def test_html_is_self_contained(reported: Path) -> None:
+    page = (reported / paths.REPORT_HTML).read_text()
+    assert page.startswith("<!DOCTYPE html>")
+    assert page.count('src="data:image/png;base64,') == len(FIGURES)
+    assert not re.search(r"""(src|href)\s*=\s*["'](?!data:)""", page)
+    assert "<link" not in page and "<script" not in page and "url(" not in page
+    assert "http://" not in page and "https://" not in page
+    metrics = json.loads((reported / paths.METRICS_FILE).read_text())
+    assert f"<td>{100 * metrics['bn']['test_accuracy']:.2f}</td>" in page
+
+
+def test_figures_and_report_are_attached_to_every_run(reported: Path, client) -> None:
+    for variant in ("bn", "nobn"):
+        runs = json.loads((reported / paths.MODELS_DIR / variant / paths.RUNS_NAME).read_text())
+        for entry in runs["runs"].values():
+            names = {Path(a.path).name for a in client.list_artifacts(entry["run_id"], "report")}
+            assert names == {f"{n}.png" for n in FIGURES} | {"report.html"}
+
+
+def test_sample_index_beyond_the_test_set_is_refused(reported: Path, tmp_path: Path) -> None:
+    params = (reported / "params.yaml").read_text()
+    (tmp_path / "params.yaml").write_text(params.replace("sample_index: 0", "sample_index: 100"))
+    with pytest.raises(PipelineError, match=r"visualize.sample_index = 100: must be less than 100"):
+        run_stages(tmp_path, ["visualize"])
+
+
+def test_findings_follow_the_numbers() -> None:
+    history = fake_history(depth=2, epochs=3, seeds=1)
+    metrics = {
+        "bn": {"test_accuracy": 0.95, "test_accuracy_std": 0.0, "seeds": 1, "test_loss": 0.2},
+        "nobn": {"test_accuracy": 0.96, "test_accuracy_std": 0.0, "seeds": 1, "test_loss": 0.1},
+        "bn_minus_nobn": {"test_accuracy": -0.01, "test_loss": 0.1},
+    }
+    context = report.Context(params={"model": {}, "train": {"epochs": 3}}, digests={},
+                             commit="", device="", date="", metrics=metrics, evaluation={},
+                             history=history, figures={})  # fmt: skip
+    first = report.findings(context)[0]
+    assert first.startswith("BatchNorm did not help here: with BatchNorm 95.00%")
+    assert "-1.00 points after 3 epochs (one seed)" in first
