@@ -150,7 +150,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     data = to_device(
         mnist.train_images, mnist.train_labels, mnist.test_images, mnist.test_labels, device
     )
-    logged_params = flatten(params.model, "model.") | flatten(params.train, "train.")
+    logged_params = (
+        flatten(params.model, "model.")
+        | flatten(params.train, "train.")
+        | flatten(params.tracking, "tracking.")
+        | {"data.verify": params.data.verify}
+    )
     histories: dict[int, list[EpochRecord]] = {}
     runs = {}
     for seed in params.train.seeds:

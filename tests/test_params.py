@@ -200,7 +200,9 @@ def test_train_params_reject_unknown_keys_directly() -> None:
         TrainParams.model_validate({**load_params(REPO / "params.yaml").train.model_dump(), "x": 1})
 
 
-@pytest.mark.parametrize("stage", ["download"])
+@pytest.mark.parametrize(
+    "stage", ["download", "train --variant bn", "train --variant nobn", "evaluate", "visualize"]
+)
 def test_stage_exits_2_before_touching_outputs(
     tmp_path: Path, params_dict: dict, stage: str
 ) -> None:
@@ -209,7 +211,7 @@ def test_stage_exits_2_before_touching_outputs(
     sentinel.parent.mkdir(parents=True)
     sentinel.write_bytes(b"previous good output")
     done = subprocess.run(
-        [sys.executable, "-m", f"pipeline.{stage}"],
+        [sys.executable, "-m", f"pipeline.{stage.split()[0]}", *stage.split()[1:]],
         cwd=tmp_path,
         capture_output=True,
         text=True,

@@ -118,3 +118,54 @@ def test_visualize_params_rerun_only_visualize(repo: Path) -> None:
     assert done.returncode == 0, done.stderr
     ran = [line.split("'")[1] for line in done.stdout.splitlines() if line.startswith("Running")]
     assert ran == ["visualize"]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_plain_mlflow_ui_in_the_repo_root_shows_the_runs(repo: Path) -> None:
+    import signal
+    import time
+    import urllib.request
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    mlflow = Path(sys.executable).parent / "mlflow"
+    server = subprocess.Popen(
+        [str(mlflow), "ui", "--host", "127.0.0.1", "--port", str(port)], cwd=repo, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+
+    def call(path: str, body: dict | None = None) -> dict:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(f"{base}{path}", data=data,
+                                         headers={"Content-Type": "application/json"})  # fmt: skip
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/health", timeout=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "mlflow ui did not start"
+                time.sleep(0.5)
+        experiment = call("/api/2.0/mlflow/experiments/get-by-name?experiment_name=stage-test")
+        experiment_id = experiment["experiment"]["experiment_id"]
+        runs = call("/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment_id]})["runs"]
+        assert len(runs) == 4
+        run_id = runs[0]["info"]["run_id"]
+        history = call(f"/api/2.0/mlflow/metrics/get-history?run_id={run_id}&metric_key=test_loss")
+        assert [m["step"] for m in history["metrics"]] == [1, 2]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
