@@ -98,10 +98,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     test_set = datasets.MNIST(str(paths.RAW_DIR), train=False, transform=to_tensor)
     train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True)
     test_loader = DataLoader(test_set, batch_size=batch_size)
-    mnist = load_mnist(paths.RAW_DIR)
-    data = to_device(
-        mnist.train_images, mnist.train_labels, mnist.test_images, mnist.test_labels, device
-    )
+    data = to_device(load_mnist(paths.RAW_DIR), device)
     t = params.train
     batchnorm = VARIANTS[args.variant]
 

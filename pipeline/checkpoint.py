@@ -41,10 +41,13 @@ def load_checkpoint(path: Path) -> tuple[DeepMLP, dict[str, Any]]:
     """The model, in eval mode on the CPU, and the whole checkpoint dict."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError) as err:
-        raise PipelineError(f"{path}: cannot read the checkpoint ({err})") from None
+    except Exception as err:  # torch raises many kinds for a damaged file
+        raise PipelineError(f"{path}: cannot read the checkpoint ({err}); retrain it") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise PipelineError(f"{path}: not a checkpoint of this pipeline (format {FORMAT})")
-    model = DeepMLP(**checkpoint["model_config"])
-    model.load_state_dict(checkpoint["state_dict"])
+    try:
+        model = DeepMLP(**checkpoint["model_config"])
+        model.load_state_dict(checkpoint["state_dict"])
+    except (KeyError, TypeError, RuntimeError) as err:
+        raise PipelineError(f"{path}: inconsistent checkpoint ({err}); retrain it") from None
     return model.eval(), checkpoint

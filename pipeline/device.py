@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.errors import PipelineError
+from pipeline.errors import ParamsError
 
 
 def select_device(requested: str) -> torch.device:
@@ -17,7 +17,7 @@ def select_device(requested: str) -> torch.device:
     if requested == "auto":
         return torch.device(next(name for name, ok in available.items() if ok))
     if not available[requested]:
-        raise PipelineError(
+        raise ParamsError(
             f"params.yaml: train.device = {requested}: no {requested} device on this machine; "
             "use auto or cpu"
         )

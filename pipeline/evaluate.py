@@ -8,10 +8,8 @@ the numbers and the confusion matrix to each training run in MLflow.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ from pipeline.files import atomic_write_json, atomic_write_text
 from pipeline.mnist import load_split
 from pipeline.model import CLASSES, VARIANTS, DeepMLP
 from pipeline.params import load_params
+from pipeline.stats import mean_std
 from pipeline.training import scale_images
 
 log = logging.getLogger("evaluate")
@@ -67,9 +66,7 @@ def summarize(evaluations: dict[str, dict[int, Evaluation]]) -> dict:
     for variant, by_seed in evaluations.items():
         entry: dict = {"seeds": len(by_seed)}
         for key in ("test_accuracy", "test_loss"):
-            values = [getattr(e, key) for e in by_seed.values()]
-            entry[key] = statistics.fmean(values)
-            entry[f"{key}_std"] = statistics.pstdev(values)
+            entry[key], entry[f"{key}_std"] = mean_std(getattr(e, key) for e in by_seed.values())
         entry["per_seed"] = {
             str(seed): {"test_accuracy": e.test_accuracy, "test_loss": e.test_loss}
             for seed, e in by_seed.items()
@@ -114,13 +111,13 @@ def accuracy_table(metrics: dict) -> str:
 def log_to_mlflow(evaluations: dict[str, dict[int, Evaluation]]) -> None:
     uri = tracking.tracking_uri(os.environ, Path.cwd())
     for variant, by_seed in evaluations.items():
-        runs = json.loads((paths.MODELS_DIR / variant / paths.RUNS_NAME).read_text())["runs"]
+        run_ids = tracking.recorded_runs(paths.MODELS_DIR / variant / paths.RUNS_NAME)
         for seed, e in by_seed.items():
             metrics = {"eval/test_accuracy": e.test_accuracy, "eval/test_loss": e.test_loss}
             metrics |= {f"eval/class_{k}_accuracy": a for k, a in enumerate(e.class_accuracy)}
             tracking.log_to_run(
                 uri,
-                runs[str(seed)]["run_id"],
+                run_ids[seed],
                 metrics=metrics,
                 dicts={"evaluation/confusion_matrix.json": e.confusion},
             )

@@ -109,7 +109,8 @@ def training_curves(history: History) -> Figure:
         for variant, runs in history.items():
             epochs, values = _series(runs, key)
             scale = 100 if key == "test_accuracy" else 1
-            mean, std = scale * values.mean(0), scale * values.std(0)
+            mean = scale * values.mean(0)
+            std = scale * values.std(0, ddof=1) if len(values) > 1 else 0 * mean  # as mean_std
             label = f"{LABELS[variant]} ({len(runs)} seed{'s' if len(runs) > 1 else ''})"
             ax.plot(epochs, mean, marker="o", color=COLORS[variant], label=label)
             if len(runs) > 1:

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import PipelineError
+
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call write(tmp) on a temporary file beside `path`, then rename it into place."""
@@ -37,6 +39,29 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: Path, missing: str) -> Any:
+    """The JSON in `path`; a PipelineError saying `missing` (what to run) when
+    it is absent, or that it is damaged."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: missing; {missing}") from None
+    except (OSError, ValueError) as err:
+        raise PipelineError(f"{path}: unreadable ({err}); {missing}") from None
+
+
+def staging_dir(target: Path) -> Path:
+    """A new, empty folder beside `target` to build its next content in, after
+    removing what a killed run may have left there (staging or old copies)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for pattern in (f".{target.name}-staging-*", f".{target.name}.old-*"):
+        for stale in target.parent.glob(pattern):
+            shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-staging-", dir=target.parent))
+    staging.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would make the result private
+    return staging
 
 
 def replace_dir(new: Path, target: Path) -> None:

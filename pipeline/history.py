@@ -6,19 +6,18 @@ import csv
 import io
 import statistics
 
+from pipeline.stats import mean_std
 from pipeline.training import EpochRecord
 
 SUMMARY_KEYS = ("test_accuracy", "test_loss", "train_loss")
 
 
 def summarize(histories: dict[int, list[EpochRecord]]) -> dict:
-    """Final-epoch values per seed, their mean and (population) std across seeds."""
+    """Final-epoch values per seed, their mean and std across seeds."""
     finals = {seed: history[-1] for seed, history in histories.items()}
     summary: dict = {}
     for key in SUMMARY_KEYS:
-        values = [getattr(record, key) for record in finals.values()]
-        summary[key] = statistics.fmean(values)
-        summary[f"{key}_std"] = statistics.pstdev(values)
+        summary[key], summary[f"{key}_std"] = mean_std(getattr(r, key) for r in finals.values())
     summary["best_test_accuracy"] = statistics.fmean(
         max(r.test_accuracy for r in history) for history in histories.values()
     )

@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from pipeline.errors import ParamsError
 
@@ -31,9 +38,16 @@ class Section(BaseModel):
 
 class DataParams(Section):
     source: Literal["auto", "torchvision", "pypi", "local"]
-    local_dir: str | None
+    local_dir: str | None  # relative paths are relative to the repository root
     verify: bool
     timeout_s: Annotated[float, Field(gt=0, le=300)]
+
+    @field_validator("local_dir")
+    @classmethod
+    def local_needs_a_folder(cls, local_dir: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("source") == "local" and not local_dir:
+            raise ValueError("must name a folder when data.source is local")
+        return local_dir
 
 
 class ModelParams(Section):

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.figures import LABELS, History
+from pipeline.stats import mean_std
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,29 @@ def _epoch_seconds(history: History, variant: str) -> float:
     return statistics.median(r["epoch_seconds"] for runs in history[variant].values() for r in runs)
 
 
+def per_class_table(evaluation: dict) -> tuple[list[str], list[list[str]]]:
+    """Per digit: each variant's accuracy, mean (and std with several seeds)
+    across seeds, and the difference of the means."""
+    several = len(evaluation["bn"]) > 1
+    header = ["digit"]
+    for variant in LABELS:
+        header += [LABELS[variant]] + (["std"] if several else [])
+    stats = {  # variant -> per digit (mean, std)
+        v: [mean_std(c) for c in zip(*(s["class_accuracy"] for s in evaluation[v].values()),
+                                     strict=True)]
+        for v in LABELS
+    }  # fmt: skip
+    rows = []
+    for digit in range(len(stats["bn"])):
+        row = [str(digit)]
+        for variant in LABELS:
+            mean, std = stats[variant][digit]
+            row += [pct(mean)] + ([pct(std)] if several else [])
+        difference = stats["bn"][digit][0] - stats["nobn"][digit][0]
+        rows.append([*row, f"{100 * difference:+.2f}"])
+    return [*header, "bn - nobn"], rows
+
+
 def build(context: Context) -> list[Block]:
     m, p = context.metrics, context.params
     accuracy_rows = []
@@ -168,18 +192,7 @@ def build(context: Context) -> list[Block]:
             "",
         ]
     )
-    class_rows = []
-    per_class = {
-        v: [
-            statistics.fmean(c)
-            for c in zip(
-                *(s["class_accuracy"] for s in context.evaluation[v].values()), strict=True
-            )
-        ]
-        for v in LABELS
-    }
-    for digit, (a, b) in enumerate(zip(per_class["bn"], per_class["nobn"], strict=True)):
-        class_rows.append([str(digit), pct(a), pct(b), f"{100 * (a - b):+.2f}"])
+    class_header, class_rows = per_class_table(context.evaluation)
     run_rows = [[f"model.{k}", str(v)] for k, v in p["model"].items()]
     run_rows += [[f"train.{k}", str(v)] for k, v in p["train"].items()]
     run_rows += [
@@ -210,8 +223,8 @@ def build(context: Context) -> list[Block]:
             ],
             accuracy_rows,
         ),
-        Paragraph("Per class, test accuracy (%), mean across seeds:"),
-        Table(["digit", "with BatchNorm", "without", "difference"], class_rows),
+        Paragraph("Per class, test accuracy (%), mean (and std) across seeds:"),
+        Table(class_header, class_rows),
         Heading("Training curves"),
         Image(figures["training_curves"], "Train loss, test loss and test accuracy per epoch"),
         Heading("Why: inside the network"),

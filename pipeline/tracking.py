@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from filelock import FileLock
 
 from pipeline.errors import PipelineError
+from pipeline.files import read_json
 
 if TYPE_CHECKING:
     import torch
@@ -182,6 +183,12 @@ class Run:
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
         )
         return info.model_uri
+
+
+def recorded_runs(runs_file: Path) -> dict[int, str]:
+    """Seed -> MLflow run id, as the train stage recorded them."""
+    runs = read_json(runs_file, "run `dvc repro train_bn train_nobn`")["runs"]
+    return {int(seed): entry["run_id"] for seed, entry in runs.items()}
 
 
 def log_to_run(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +23,7 @@ from pipeline.checkpoint import checkpoint_path, make_checkpoint, save_checkpoin
 from pipeline.cli import run_stage, stage_parser
 from pipeline.device import configure_threads, describe_device, select_device
 from pipeline.errors import PipelineError
-from pipeline.files import atomic_write_json, atomic_write_text
+from pipeline.files import atomic_write_json, atomic_write_text, replace_dir, staging_dir
 from pipeline.history import history_table, plot_table, summarize
 from pipeline.mnist import digest_mismatches, file_digests, load_mnist
 from pipeline.model import VARIANTS, DeepMLP
@@ -74,30 +75,16 @@ class Progress:
 
 
 def train_seed(
-    variant: str,
-    seed: int,
-    params: Params,
-    data: DeviceData,
-    digests: dict[str, str],
-    run: tracking.Run,
-) -> tuple[DeepMLP, list[EpochRecord], dict]:
-    """Train one model; log each epoch's metrics and checkpoint to the run.
-    Returns the model, its history and its final checkpoint."""
+    variant: str, seed: int, params: Params, data: DeviceData, info: dict, run: tracking.Run
+) -> tuple[DeepMLP, list[EpochRecord]]:
+    """Train one model; log each epoch's metrics and checkpoint (carrying
+    `info`) to the run. Returns the model and its history."""
     torch.manual_seed(seed)  # the same initial weights for both variants
     model = DeepMLP(params.model.depth, params.model.width, VARIANTS[variant])
     model.to(data.train_x.device)
     t = params.train
     optimizer = make_optimizer(model, t.lr, t.betas, t.eps, t.weight_decay)
     label = f"{variant}-seed{seed}"
-    describe = {
-        "variant": variant,
-        "seed": seed,
-        "data_sha256": digests,
-        "mlflow_run_id": run.run_id,
-        "device": describe_device(data.train_x.device),
-        "params": {"model": params.model.model_dump(), "train": params.train.model_dump()},
-    }
-    checkpoints: list[dict] = []
 
     def on_epoch(record: EpochRecord) -> None:
         log.info(
@@ -111,14 +98,11 @@ def train_seed(
             record.epoch_seconds,
         )
         run.log_epoch(record.epoch, record.metrics())
-        checkpoint = make_checkpoint(
-            model, epoch=record.epoch, metrics=record.metrics(), **describe
-        )
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp, f"epoch_{record.epoch:03d}.pt")
-            save_checkpoint(path, checkpoint)
+            save_checkpoint(path, make_checkpoint(model, epoch=record.epoch,
+                                                  metrics=record.metrics(), **info))  # fmt: skip
             run.log_file(path, "checkpoints")
-        checkpoints[:] = [checkpoint]
 
     batches = len(batch_starts(len(data.train_x), t.batch_size))
     history = fit(
@@ -131,7 +115,63 @@ def train_seed(
         on_epoch=on_epoch,
         on_progress=Progress(label, batches, t.epochs),
     )
-    return model, history, checkpoints[-1]
+    return model, history
+
+
+def train_variant(
+    variant: str, params: Params, data: DeviceData, digests: dict[str, str], out_dir: Path
+) -> dict[int, list[EpochRecord]]:
+    """Train every seed, one MLflow run each; build out_dir in a staging folder
+    and swap it in at the end, so a failure leaves no partial set of models."""
+    uri = tracking.tracking_uri(os.environ, Path.cwd())
+    experiment_id = tracking.prepare_experiment(uri, params.tracking.experiment)
+    execution = tracking.pipeline_run_id(os.environ)
+    device = describe_device(data.train_x.device)
+    logged_params = (
+        flatten(params.model, "model.")
+        | flatten(params.train, "train.")
+        | flatten(params.tracking, "tracking.")
+        | {"data.verify": params.data.verify}
+    )
+    info = {  # what each checkpoint says about how it was made
+        "variant": variant,
+        "data_sha256": digests,
+        "git_commit": tracking.git_commit(Path.cwd()),
+        "device": device,
+        "params": {
+            "model": params.model.model_dump(),
+            "train": params.train.model_dump(),
+            "data": {"verify": params.data.verify},
+        },
+    }
+    staging = staging_dir(out_dir)
+    histories: dict[int, list[EpochRecord]] = {}
+    runs = {}
+    try:
+        for seed in params.train.seeds:
+            tags = tracking.run_tags(variant, seed, device, execution, os.environ, Path.cwd())
+            name = f"{variant}-seed{seed}"
+            with tracking.start_run(uri, experiment_id, name, tags, logged_params) as run:
+                run.log_dataset(paths.MNIST_RAW_DIR, digests)
+                run.log_file(paths.DIGESTS_FILE, "data")
+                seed_info = info | {"seed": seed, "mlflow_run_id": run.run_id}
+                model, history = train_seed(variant, seed, params, data, seed_info, run)
+                final = make_checkpoint(model, epoch=history[-1].epoch,
+                                        metrics=history[-1].metrics(), **seed_info)  # fmt: skip
+                save_checkpoint(checkpoint_path(staging, seed), final)
+                model_uri = None
+                if params.tracking.log_model:
+                    model_uri = run.log_model(model.cpu(), data.test_x[:5].cpu())
+                histories[seed] = history
+                runs[str(seed)] = {"run_id": run.run_id, "model_uri": model_uri}
+        atomic_write_json(staging / paths.HISTORY_NAME, history_table(histories))
+        record = {"tracking_uri": uri, "experiment_id": experiment_id,
+                  "pipeline_run_id": execution, "runs": runs}  # fmt: skip
+        atomic_write_json(staging / paths.RUNS_NAME, record)
+        replace_dir(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone already unless something failed
+    return histories
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -139,53 +179,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--variant", choices=sorted(VARIANTS), required=True)
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    variant, out_dir = args.variant, paths.MODELS_DIR / args.variant
     device = select_device(params.train.device)
     configure_threads(params.train.cpu_threads)
     digests = verified_digests(paths.MNIST_RAW_DIR, params.data.verify)
-    uri = tracking.tracking_uri(os.environ, Path.cwd())
-    experiment_id = tracking.prepare_experiment(uri, params.tracking.experiment)
-    execution = tracking.pipeline_run_id(os.environ)
-    mnist = load_mnist(paths.RAW_DIR)
-    data = to_device(
-        mnist.train_images, mnist.train_labels, mnist.test_images, mnist.test_labels, device
-    )
-    logged_params = (
-        flatten(params.model, "model.")
-        | flatten(params.train, "train.")
-        | flatten(params.tracking, "tracking.")
-        | {"data.verify": params.data.verify}
-    )
-    histories: dict[int, list[EpochRecord]] = {}
-    runs = {}
-    for seed in params.train.seeds:
-        name = f"{variant}-seed{seed}"
-        tags = tracking.run_tags(
-            variant, seed, describe_device(device), execution, os.environ, Path.cwd()
-        )
-        with tracking.start_run(uri, experiment_id, name, tags, logged_params) as run:
-            run.log_dataset(paths.MNIST_RAW_DIR, digests)
-            run.log_file(paths.DIGESTS_FILE, "data")
-            model, histories[seed], checkpoint = train_seed(
-                variant, seed, params, data, digests, run
-            )
-            save_checkpoint(checkpoint_path(out_dir, seed), checkpoint)
-            model_uri = None
-            if params.tracking.log_model:
-                model_uri = run.log_model(model.cpu(), data.test_x[:5].cpu())
-            runs[str(seed)] = {"run_id": run.run_id, "model_uri": model_uri}
-    atomic_write_json(out_dir / paths.HISTORY_NAME, history_table(histories))
-    atomic_write_json(
-        out_dir / paths.RUNS_NAME,
-        {
-            "tracking_uri": uri,
-            "experiment_id": experiment_id,
-            "pipeline_run_id": execution,
-            "runs": runs,
-        },
-    )
-    atomic_write_json(paths.TRAIN_REPORTS_DIR / f"{variant}.json", summarize(histories))
-    atomic_write_text(paths.TRAIN_REPORTS_DIR / f"{variant}.csv", plot_table(histories))
+    data = to_device(load_mnist(paths.RAW_DIR), device)
+    histories = train_variant(args.variant, params, data, digests, paths.MODELS_DIR / args.variant)
+    atomic_write_json(paths.TRAIN_REPORTS_DIR / f"{args.variant}.json", summarize(histories))
+    atomic_write_text(paths.TRAIN_REPORTS_DIR / f"{args.variant}.csv", plot_table(histories))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pipeline.mnist import Mnist
 from pipeline.model import DeepMLP
 
 # Batches between updates of the progress bar's loss: each update reads the
@@ -70,20 +71,13 @@ def scale_images(images: torch.Tensor) -> torch.Tensor:
     return images.flatten(1).float().div_(255)
 
 
-def to_device(
-    train_images: torch.Tensor,
-    train_labels: torch.Tensor,
-    test_images: torch.Tensor,
-    test_labels: torch.Tensor,
-    device: torch.device,
-) -> DeviceData:
+def to_device(data: Mnist, device: torch.device) -> DeviceData:
     """Both splits on `device`, images scaled as `scale_images` does."""
-
-    def scale(images: torch.Tensor) -> torch.Tensor:
-        return scale_images(images.to(device))
-
     return DeviceData(
-        scale(train_images), train_labels.to(device), scale(test_images), test_labels.to(device)
+        scale_images(data.train_images.to(device)),
+        data.train_labels.to(device),
+        scale_images(data.test_images.to(device)),
+        data.test_labels.to(device),
     )
 
 
@@ -140,14 +134,12 @@ def evaluate(model: DeepMLP, x: torch.Tensor, y: torch.Tensor) -> tuple[float, f
     model.eval()
     logits, activations = model.forward_with_activations(x)
     loss = F.cross_entropy(logits, y).item()
-    accuracy = (logits.argmax(1) == y).float().mean().item()
+    accuracy = (logits.argmax(1) == y).sum().item() / len(y)  # exact, as evaluate counts
     layers = []
     for a in activations:  # (N, width)
         std, mean = torch.std_mean(a, correction=0)
-        dead = (a.amax(0) == 0).float().mean()
-        layers.append(
-            {"act_mean": mean.item(), "act_std": std.item(), "dead_fraction": dead.item()}
-        )
+        dead = (a.amax(0) == 0).sum().item() / a.shape[1]
+        layers.append({"act_mean": mean.item(), "act_std": std.item(), "dead_fraction": dead})
     return loss, accuracy, layers
 
 

@@ -10,7 +10,6 @@ in MLflow.
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -23,14 +22,15 @@ from matplotlib.figure import Figure
 from pipeline import figures, paths, report, tracking
 from pipeline.checkpoint import checkpoints_of, load_checkpoint
 from pipeline.cli import run_stage, stage_parser
-from pipeline.errors import PipelineError
-from pipeline.files import atomic_write, atomic_write_text
+from pipeline.errors import ParamsError
+from pipeline.files import atomic_write, atomic_write_text, read_json
 from pipeline.mnist import load_split
 from pipeline.model import VARIANTS, DeepMLP
 from pipeline.params import load_params
 from pipeline.training import scale_images
 
 log = logging.getLogger("visualize")
+RETRAIN = "run `dvc repro train_bn train_nobn`"
 
 
 @torch.no_grad()
@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     params = load_params(args.params).visualize
     images, labels = load_split(paths.RAW_DIR, train=False)
     if params.sample_index >= len(images):
-        raise PipelineError(
+        raise ParamsError(
             f"params.yaml: visualize.sample_index = {params.sample_index}: "
             f"must be less than {len(images)}, the number of test images"
         )
@@ -60,10 +60,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     }
     sample = scale_images(images[params.sample_index : params.sample_index + 1])
     batch = scale_images(images[: params.distribution_images])
-    history = {
-        v: json.loads((paths.MODELS_DIR / v / paths.HISTORY_NAME).read_text()) for v in VARIANTS
-    }
-    evaluation = json.loads(paths.EVALUATION_FILE.read_text())
+    history = {v: read_json(paths.MODELS_DIR / v / paths.HISTORY_NAME, RETRAIN) for v in VARIANTS}
+    evaluation = read_json(paths.EVALUATION_FILE, "run `dvc repro evaluate`")
     confusions = {
         v: np.sum([np.array(s["confusion"]) for s in evaluation[v].values()], axis=0)
         for v in VARIANTS
@@ -93,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         commit=tracking.git_commit(Path.cwd()) or "unknown",
         device=checkpoint["device"],
         date=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        metrics=json.loads(paths.METRICS_FILE.read_text()),
+        metrics=read_json(paths.METRICS_FILE, "run `dvc repro evaluate`"),
         evaluation=evaluation,
         history=history,
         figures={
@@ -106,11 +104,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     log.info("wrote %d figures, %s and %s", len(written), paths.REPORT_MD, paths.REPORT_HTML)
     uri = tracking.tracking_uri(os.environ, Path.cwd())
     for variant in VARIANTS:
-        runs = json.loads((paths.MODELS_DIR / variant / paths.RUNS_NAME).read_text())["runs"]
-        for run in runs.values():
-            tracking.log_to_run(
-                uri, run["run_id"], files=[*written, paths.REPORT_HTML], folder="report"
-            )
+        for run_id in tracking.recorded_runs(paths.MODELS_DIR / variant / paths.RUNS_NAME).values():
+            tracking.log_to_run(uri, run_id, files=[*written, paths.REPORT_HTML], folder="report")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from pipeline.sources import SourceUnavailable
 
 
 def data_params(**changes: object) -> DataParams:
-    base = {"source": "local", "local_dir": None, "verify": True, "timeout_s": 1.0}
+    base = {"source": "local", "local_dir": "unset", "verify": True, "timeout_s": 1.0}
     return DataParams.model_validate({**base, **changes})
 
 
@@ -57,7 +57,7 @@ def test_local_source_with_gz_files_is_verified_and_readable(
     data = load_mnist(out)  # the torchvision layout works as is
     assert tuple(data.train_images.shape) == (200, 28, 28)
     assert tuple(data.test_labels.shape) == (100,)
-    assert not list(tmp_path.glob(f"**/{stage.STAGING_PREFIX}*"))
+    assert not list(tmp_path.glob("**/.raw-staging-*"))
 
 
 def test_mismatch_names_file_and_both_digests_and_leaves_nothing(
@@ -175,7 +175,16 @@ def test_stale_staging_folder_from_a_killed_run_is_removed(
     tmp_path: Path, synthetic_source: Path
 ) -> None:
     out = raw_dir(tmp_path)
-    stale = out.parent / f"{stage.STAGING_PREFIX}killed"
+    stale = out.parent / ".raw-staging-killed"
     (stale / "MNIST").mkdir(parents=True)
+    old = out.parent / ".raw.old-12345"  # killed between the two renames of replace_dir
+    old.mkdir()
     stage.download(data_params(local_dir=str(synthetic_source)), out)
-    assert not stale.exists()
+    assert not stale.exists() and not old.exists()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["raw"]
+
+
+def test_relative_local_dir_is_taken_from_the_repository_root(tmp_path: Path) -> None:
+    assert stage.local_folder("/abs/digits", {}) == Path("/abs/digits")
+    assert stage.local_folder("digits", {"DVC_ROOT": str(tmp_path)}) == tmp_path / "digits"
+    assert stage.local_folder("digits", {}) == Path("digits")

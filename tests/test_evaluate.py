@@ -52,14 +52,14 @@ def test_summary_has_means_stds_and_the_difference() -> None:
         {"bn": {0: e(0.98, 0.1), 1: e(0.96, 0.3)}, "nobn": {0: e(0.95, 0.2), 1: e(0.95, 0.4)}}
     )
     assert metrics["bn"]["test_accuracy"] == pytest.approx(0.97)
-    assert metrics["bn"]["test_accuracy_std"] == pytest.approx(0.01)
+    assert metrics["bn"]["test_accuracy_std"] == pytest.approx(0.02 / 2**0.5)  # sample std
     assert metrics["nobn"]["test_loss"] == pytest.approx(0.3)
     assert metrics["bn"]["seeds"] == 2
     assert metrics["bn"]["per_seed"]["1"] == {"test_accuracy": 0.96, "test_loss": 0.3}
     assert metrics["bn_minus_nobn"]["test_accuracy"] == pytest.approx(0.02)
     assert metrics["bn_minus_nobn"]["test_loss"] == pytest.approx(-0.1)
     table = evaluate.accuracy_table(metrics)
-    assert "| bn | 2 | 97.00 | 1.00 | 0.2000 |" in table
+    assert "| bn | 2 | 97.00 | 1.41 | 0.2000 |" in table
     assert "| bn - nobn | | +2.00 | | -0.1000 |" in table
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pipeline.mnist import Mnist
 from pipeline.model import DeepMLP
 from pipeline.training import (
     DeviceData,
@@ -19,16 +20,19 @@ from pipeline.training import (
 from .conftest import synthetic_digits
 
 
-def synthetic_data(n_train: int = 300, n_test: int = 100) -> DeviceData:
+def synthetic_mnist(n_train: int, n_test: int) -> Mnist:
     train_images, train_labels = synthetic_digits(n_train, seed=1)
     test_images, test_labels = synthetic_digits(n_test, seed=2)
-    return to_device(
+    return Mnist(
         torch.from_numpy(train_images),
         torch.from_numpy(train_labels).long(),
         torch.from_numpy(test_images),
         torch.from_numpy(test_labels).long(),
-        torch.device("cpu"),
     )
+
+
+def synthetic_data(n_train: int = 300, n_test: int = 100) -> DeviceData:
+    return to_device(synthetic_mnist(n_train, n_test), torch.device("cpu"))
 
 
 def train(seed: int, batchnorm: bool, epochs: int = 3, data: DeviceData | None = None):
@@ -50,15 +54,9 @@ def train(seed: int, batchnorm: bool, epochs: int = 3, data: DeviceData | None =
 def test_scaling_is_bit_identical_to_to_tensor() -> None:
     from torchvision.transforms.functional import to_tensor
 
-    images, labels = synthetic_digits(3, seed=0)
-    data = to_device(
-        torch.from_numpy(images),
-        torch.from_numpy(labels).long(),
-        torch.from_numpy(images),
-        torch.from_numpy(labels).long(),
-        torch.device("cpu"),
-    )
-    expected = torch.stack([to_tensor(image).flatten() for image in images])
+    mnist = synthetic_mnist(3, 2)
+    data = to_device(mnist, torch.device("cpu"))
+    expected = torch.stack([to_tensor(image.numpy()).flatten() for image in mnist.train_images])
     assert data.train_x.dtype == torch.float32
     assert torch.equal(data.train_x, expected)
 
@@ -96,11 +94,14 @@ def test_batches_keep_a_partial_batch_but_not_a_single_image(
 
 
 def test_a_batch_size_leaving_one_image_trains_with_batchnorm() -> None:
-    data = synthetic_data(n_train=33)  # 33 = 2 * 16 + 1
+    data = synthetic_data(n_train=33)  # 33 = 2 * 16 + 1: BatchNorm cannot take the last one
     model = DeepMLP(2, 8, batchnorm=True)
     optimizer = make_optimizer(model, 1e-3, [0.9, 0.999], 1e-8, 0.0)
-    loss, _ = train_epoch(model, optimizer, data.train_x, data.train_y, 16, torch.Generator())
-    assert loss > 0
+    seen = []
+    train_epoch(model, optimizer, data.train_x, data.train_y, 16, torch.Generator(),
+                on_progress=lambda n, loss: seen.append(n))  # fmt: skip
+    assert seen == [2]  # two batches of 16; the single image was left out
+    assert optimizer.state[model.output.weight]["step"].item() == 2
 
 
 def test_epoch_records_every_diagnostic_per_layer() -> None:
