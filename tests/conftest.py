@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -49,9 +52,10 @@ def tiny_params(local_dir: Path) -> dict:
     return params
 
 
-def run_stages(root: Path, stages: list[str]) -> None:
+def run_stages(root: Path, stages: list[str], tracking_uri: str | None = None) -> None:
     """Run `download`, then the given stages in process, in the folder `root`,
-    on synthetic data (made canonical for the run), logging to root/store."""
+    on synthetic data (made canonical for the run), logging to `tracking_uri`
+    (default: a SQLite store in root/store)."""
     from pipeline import download, evaluate, train, visualize
 
     mains = {
@@ -65,7 +69,7 @@ def run_stages(root: Path, stages: list[str]) -> None:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(mnist, "CANONICAL_SHA256", digests)
         mp.chdir(root)
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/store/mlflow.db")
+        mp.setenv("MLFLOW_TRACKING_URI", tracking_uri or f"sqlite:///{root}/store/mlflow.db")
         mp.setenv("PIPELINE_RUN_ID", "test-execution")
         if not (root / "params.yaml").exists():
             (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(source)))
@@ -120,3 +124,50 @@ def in_tmp_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     shutil.copy(REPO / "params.yaml", work / "params.yaml")
     monkeypatch.chdir(work)
     return work
+
+
+def project_files() -> list[str]:
+    """What a clone would hold: tracked files plus new, not ignored ones."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout.split("\n")  # fmt: skip
+    return [name for name in listed if name and (REPO / name).is_file()]
+
+
+def dvc(repo: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MLFLOW_TRACKING_URI", "PIPELINE_RUN_ID")}  # fmt: skip
+    # Stages run `python -m pipeline.<stage>`: this interpreter's, so its packages.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env,
+                          capture_output=True, text=True, check=False, timeout=timeout)  # fmt: skip
+
+
+GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run([*GIT, *args], cwd=repo, capture_output=True, text=True,
+                          check=True).stdout  # fmt: skip
+
+
+def project_copy(root: Path) -> Path:
+    """The project as a fresh clone would hold it, committed in a new git repo
+    at root/repo, with tiny params on synthetic local digits (root/digits)."""
+    repo = root / "repo"
+    for name in project_files():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, repo / name)
+    (repo / "dvc.lock").unlink(missing_ok=True)  # a fresh project: nothing ran yet
+    source = root / "digits"
+    write_synthetic_idx(source)
+    params = tiny_params(source)
+    params["data"]["verify"] = False  # synthetic digits are not MNIST
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git(repo, "init", "-q")
+    git(repo, "config", "user.name", "test")  # DVC commits experiments as this user
+    git(repo, "config", "user.email", "test@example.com")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "copy")
+    return repo

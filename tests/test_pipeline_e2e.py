@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,18 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import REPO, tiny_params, write_synthetic_idx
+from .conftest import dvc, git, project_copy
 
 pytestmark = pytest.mark.slow
-
-
-def project_files() -> list[str]:
-    """What a clone would hold: tracked files plus new, not ignored ones."""
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO, capture_output=True, text=True, check=True,
-    ).stdout.split("\n")  # fmt: skip
-    return [name for name in listed if name and (REPO / name).is_file()]
 
 
 def declared_outputs(dvc_yaml: dict) -> list[str]:
@@ -35,32 +25,9 @@ def declared_outputs(dvc_yaml: dict) -> list[str]:
     return outputs
 
 
-def dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("MLFLOW_TRACKING_URI", "PIPELINE_RUN_ID")}  # fmt: skip
-    # Stages run `python -m pipeline.<stage>`: this interpreter's, so its packages.
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env,
-                          capture_output=True, text=True, check=False, timeout=900)  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("e2e")
-    repo = root / "repo"
-    for name in project_files():
-        (repo / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / name, repo / name)
-    (repo / "dvc.lock").unlink(missing_ok=True)  # a fresh project: nothing ran yet
-    source = root / "digits"
-    write_synthetic_idx(source)
-    params = tiny_params(source)
-    params["data"]["verify"] = False  # synthetic digits are not MNIST
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
-    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
-    subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
-    subprocess.run([*git, "commit", "-q", "-m", "copy"], cwd=repo, check=True)
+    repo = project_copy(tmp_path_factory.mktemp("e2e"))
     done = dvc(repo, "repro")
     assert done.returncode == 0, done.stdout + done.stderr
     return repo
@@ -169,3 +136,25 @@ def test_plain_mlflow_ui_in_the_repo_root_shows_the_runs(repo: Path) -> None:
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def test_push_then_pull_into_a_fresh_clone_needs_no_rerun(repo: Path, tmp_path: Path) -> None:
+    remote = tmp_path / "remote"  # any DVC remote works the same: s3://..., ssh://...
+    assert dvc(repo, "remote", "add", "--default", "store", str(remote)).returncode == 0
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "results")
+    pushed = dvc(repo, "push")
+    assert pushed.returncode == 0, pushed.stderr
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True)
+    assert not (clone / "data" / "models" / "bn").exists()
+    pulled = dvc(clone, "pull")
+    assert pulled.returncode == 0, pulled.stderr
+    for output in declared_outputs(yaml.safe_load((clone / "dvc.yaml").read_text())):
+        assert (clone / output).exists(), output
+    for same in ("reports/report.html", "data/models/bn/seed0.pt", "data/raw/digests.json"):
+        assert (clone / same).read_bytes() == (repo / same).read_bytes(), same
+    again = dvc(clone, "repro")
+    assert again.returncode == 0, again.stderr
+    assert "Running stage" not in again.stdout
+    assert json.loads(dvc(clone, "status", "--json").stdout) == {}
