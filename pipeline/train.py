@@ -23,13 +23,20 @@ from pipeline.checkpoint import checkpoint_path, make_checkpoint, save_checkpoin
 from pipeline.cli import run_stage, stage_parser
 from pipeline.device import configure_threads, describe_device, select_device
 from pipeline.errors import PipelineError
-from pipeline.files import atomic_write_json, atomic_write_text, replace_dir, staging_dir
+from pipeline.files import (
+    atomic_write_json,
+    atomic_write_text,
+    read_json,
+    replace_dir,
+    staging_dir,
+)
 from pipeline.history import history_table, plot_table, summarize
 from pipeline.mnist import digest_mismatches, file_digests, load_mnist
 from pipeline.model import VARIANTS, DeepMLP
 from pipeline.params import Params, flatten, load_params
 from pipeline.training import (
     DeviceData,
+    Diverged,
     EpochRecord,
     batch_starts,
     fit,
@@ -40,17 +47,28 @@ from pipeline.training import (
 log = logging.getLogger("train")
 
 
-def verified_digests(mnist_dir: Path, verify: bool) -> dict[str, str]:
-    """Digests of the files about to be trained on; refuse files that changed."""
+def verified_digests(raw_dir: Path, verify: bool) -> dict[str, str]:
+    """Digests of the files about to be trained on. Refuses files that differ
+    from what download recorded (truncated, edited, swapped), and, with
+    data.verify, anything that is not MNIST as published."""
+    mnist_dir = raw_dir / paths.MNIST_SUBDIR
+    recorded = read_json(raw_dir / paths.DIGESTS_NAME, "run `dvc repro download`")["sha256"]
     try:
         digests = file_digests(mnist_dir)
     except FileNotFoundError as err:
         raise PipelineError(f"{err.filename}: missing; run `dvc repro download`") from None
-    problems = digest_mismatches(digests) if verify else []
+    problems = [
+        f"{mnist_dir / name}: SHA-256 {digest} differs from {recorded.get(name)} recorded at "
+        "download (the file was changed or truncated)"
+        for name, digest in digests.items()
+        if digest != recorded.get(name)
+    ]
+    if verify and not problems:
+        problems = [f"{mnist_dir}/{problem}" for problem in digest_mismatches(digests)]
     if problems:
         raise PipelineError(
-            *(f"{mnist_dir}/{problem}" for problem in problems),
-            "the data changed since download: restore it with `dvc checkout data/raw` "
+            *problems,
+            "training refuses this data: restore it with `dvc checkout data/raw` "
             "or `dvc repro -f download`",
         )
     return digests
@@ -105,26 +123,38 @@ def train_seed(
             run.log_file(path, "checkpoints")
 
     batches = len(batch_starts(len(data.train_x), t.batch_size))
-    history = fit(
-        model,
-        data,
-        epochs=t.epochs,
-        batch_size=t.batch_size,
-        optimizer=optimizer,
-        generator=torch.Generator().manual_seed(seed),
-        on_epoch=on_epoch,
-        on_progress=Progress(label, batches, t.epochs),
-    )
+    try:
+        history = fit(
+            model,
+            data,
+            epochs=t.epochs,
+            batch_size=t.batch_size,
+            optimizer=optimizer,
+            generator=torch.Generator().manual_seed(seed),
+            on_epoch=on_epoch,
+            on_progress=Progress(label, batches, t.epochs),
+        )
+    except Diverged as err:
+        raise PipelineError(
+            f"{label}: training diverged: the loss became {err.value} at epoch {err.epoch}, "
+            f"batch {err.batch} of {batches}; lower train.lr (now {t.lr:g}; the seed "
+            "experiment uses 0.001) and run again"
+        ) from None
     return model, history
 
 
 def train_variant(
-    variant: str, params: Params, data: DeviceData, digests: dict[str, str], out_dir: Path
+    variant: str,
+    params: Params,
+    data: DeviceData,
+    digests: dict[str, str],
+    out_dir: Path,
+    tracking_at: tuple[str, str],
 ) -> dict[int, list[EpochRecord]]:
-    """Train every seed, one MLflow run each; build out_dir in a staging folder
-    and swap it in at the end, so a failure leaves no partial set of models."""
-    uri = tracking.tracking_uri(os.environ, Path.cwd())
-    experiment_id = tracking.prepare_experiment(uri, params.tracking.experiment)
+    """Train every seed, one MLflow run each in (tracking URI, experiment id);
+    build out_dir in a staging folder and swap it in at the end, so a failure
+    leaves no partial set of models."""
+    uri, experiment_id = tracking_at
     execution = tracking.pipeline_run_id(os.environ)
     device = describe_device(data.train_x.device)
     logged_params = (
@@ -181,9 +211,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     params = load_params(args.params)
     device = select_device(params.train.device)
     configure_threads(params.train.cpu_threads)
-    digests = verified_digests(paths.MNIST_RAW_DIR, params.data.verify)
+    uri = tracking.tracking_uri(os.environ, Path.cwd())  # a dead server fails here, first
+    experiment_id = tracking.prepare_experiment(uri, params.tracking.experiment)
+    digests = verified_digests(paths.RAW_DIR, params.data.verify)
     data = to_device(load_mnist(paths.RAW_DIR), device)
-    histories = train_variant(args.variant, params, data, digests, paths.MODELS_DIR / args.variant)
+    out_dir = paths.MODELS_DIR / args.variant
+    histories = train_variant(args.variant, params, data, digests, out_dir, (uri, experiment_id))
     atomic_write_json(paths.TRAIN_REPORTS_DIR / f"{args.variant}.json", summarize(histories))
     atomic_write_text(paths.TRAIN_REPORTS_DIR / f"{args.variant}.csv", plot_table(histories))
 

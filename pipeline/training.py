@@ -9,6 +9,7 @@ batch kept), without its per-sample Python work.
 from __future__ import annotations
 
 import functools
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -108,9 +109,9 @@ def train_epoch(
     # The permutation is drawn on the CPU so a seed gives the same order on every device.
     order = torch.randperm(len(x), generator=generator).to(x.device)
     weights = model.hidden_weights()
-    loss_sum = torch.zeros((), device=x.device)
-    grad_sums = torch.zeros(len(weights), device=x.device)
     starts = batch_starts(len(x), batch_size)
+    losses = torch.empty(len(starts), device=x.device)  # each batch's loss, kept on the device
+    grad_sums = torch.zeros(len(weights), device=x.device)
     for number, start in enumerate(starts, start=1):
         index = order[start : start + batch_size]
         loss = F.cross_entropy(model(x.index_select(0, index)), y.index_select(0, index))
@@ -121,10 +122,34 @@ def train_epoch(
             # about half the cost of a norm() per layer.
             grad_sums += torch.stack(torch._foreach_norm([w.grad for w in weights]))
         optimizer.step()
-        loss_sum += loss.detach()
-        if on_progress is not None and (number % PROGRESS_EVERY == 0 or number == len(starts)):
-            on_progress(number, loss_sum.item() / number)
-    return loss_sum.item() / len(starts), (grad_sums / len(starts)).tolist()
+        losses[number - 1] = loss.detach()
+        if number % PROGRESS_EVERY == 0 or number == len(starts):
+            running = check_finite(losses[:number])
+            if on_progress is not None:
+                on_progress(number, running)
+    return losses.mean().item(), (grad_sums / len(starts)).tolist()
+
+
+class Diverged(Exception):
+    """The training loss became NaN or infinite."""
+
+    def __init__(self, batch: int, value: float, epoch: int | None = None) -> None:
+        super().__init__(batch, value, epoch)
+        self.batch, self.value, self.epoch = batch, value, epoch
+
+    def __str__(self) -> str:
+        return f"loss {self.value} at epoch {self.epoch}, batch {self.batch}"
+
+
+def check_finite(losses: torch.Tensor) -> float:
+    """The mean of the batch losses so far, or Diverged naming the first batch
+    whose loss is not finite. Reading back every PROGRESS_EVERY batches keeps
+    the device busy in between; the batch is still exact."""
+    mean = losses.mean().item()
+    if math.isfinite(mean):
+        return mean
+    first = int(torch.nonzero(~torch.isfinite(losses))[0])
+    raise Diverged(batch=first + 1, value=losses[first].item())
 
 
 @torch.no_grad()
@@ -174,9 +199,13 @@ def fit(
     for epoch in range(1, epochs + 1):
         started = time.perf_counter()
         progress = functools.partial(on_progress, epoch) if on_progress else None
-        train_loss, grad_norms = train_epoch(
-            model, optimizer, data.train_x, data.train_y, batch_size, generator, progress
-        )
+        try:
+            train_loss, grad_norms = train_epoch(
+                model, optimizer, data.train_x, data.train_y, batch_size, generator, progress
+            )
+        except Diverged as diverged:
+            diverged.epoch = epoch
+            raise
         test_loss, test_accuracy, layers = evaluate(model, data.test_x, data.test_y)
         record = EpochRecord(
             epoch=epoch,

@@ -14,7 +14,7 @@ from pipeline import download as stage
 from pipeline import mnist, paths
 from pipeline.errors import PipelineError
 from pipeline.mnist import FILENAMES, file_digests, load_mnist
-from pipeline.params import DataParams
+from pipeline.params import DataParams, local_folder
 from pipeline.sources import SourceUnavailable
 
 
@@ -185,6 +185,6 @@ def test_stale_staging_folder_from_a_killed_run_is_removed(
 
 
 def test_relative_local_dir_is_taken_from_the_repository_root(tmp_path: Path) -> None:
-    assert stage.local_folder("/abs/digits", {}) == Path("/abs/digits")
-    assert stage.local_folder("digits", {"DVC_ROOT": str(tmp_path)}) == tmp_path / "digits"
-    assert stage.local_folder("digits", {}) == Path("digits")
+    assert local_folder("/abs/digits", {}) == Path("/abs/digits")
+    assert local_folder("digits", {"DVC_ROOT": str(tmp_path)}) == tmp_path / "digits"
+    assert local_folder("digits", {}) == Path("digits")

@@ -78,23 +78,21 @@ def postgres() -> Iterator[str]:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     try:
-        import psycopg2
+        import psycopg  # the [server] extra's driver, as mlflow server uses it
+
+        address = f"postgresql://mlflow@127.0.0.1:{port}"
 
         def accepting() -> bool:
             try:
-                psycopg2.connect(
-                    host="127.0.0.1", port=port, user="mlflow", dbname="postgres"
-                ).close()
+                psycopg.connect(f"{address}/postgres").close()
                 return True
-            except psycopg2.OperationalError:
+            except psycopg.OperationalError:
                 return False
 
         wait_until(accepting, "PostgreSQL")
-        admin = psycopg2.connect(host="127.0.0.1", port=port, user="mlflow", dbname="postgres")
-        admin.autocommit = True
-        admin.cursor().execute("CREATE DATABASE mlflow")
-        admin.close()
-        yield f"postgresql://mlflow@127.0.0.1:{port}/mlflow"
+        with psycopg.connect(f"{address}/postgres", autocommit=True) as admin:
+            admin.execute("CREATE DATABASE mlflow")
+        yield f"{address}/mlflow"
     finally:
         os.killpg(server.pid, signal.SIGINT)  # PostgreSQL's "fast shutdown"
         server.wait(timeout=60)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from pipeline.checkpoint import load_checkpoint
 from pipeline.device import select_device
 from pipeline.errors import PipelineError
 
-from .conftest import run_stages, write_synthetic_idx
+from .conftest import run_stages
 
 EPOCHS, SEEDS = 2, [0, 1]
 
@@ -132,18 +133,30 @@ def test_logged_model_predicts_like_the_checkpoint(workspace: Path, variant: str
         assert torch.allclose(logged(images), checkpoint_model(images), atol=1e-5)
 
 
-def test_training_refuses_data_that_changed(workspace: Path, monkeypatch) -> None:
-    copy = workspace / "changed"
-    write_synthetic_idx(copy)
-    monkeypatch.setattr(mnist, "CANONICAL_SHA256", mnist.file_digests(copy))
-    with (copy / "train-images-idx3-ubyte").open("r+b") as f:
+def test_training_refuses_data_that_changed(workspace: Path, tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    shutil.copytree(workspace / paths.RAW_DIR, raw)
+    recorded = train.verified_digests(raw, verify=False)
+    assert recorded == mnist.file_digests(raw / paths.MNIST_SUBDIR)
+    with (raw / paths.MNIST_SUBDIR / "train-images-idx3-ubyte").open("r+b") as f:
         f.seek(100)
-        f.write(b"\xff")
+        f.write(b"\xff")  # one flipped byte
+    with (raw / paths.MNIST_SUBDIR / "t10k-labels-idx1-ubyte").open("r+b") as f:
+        f.truncate(50)
     with pytest.raises(PipelineError) as caught:
-        train.verified_digests(copy, verify=True)
-    assert "train-images-idx3-ubyte: SHA-256" in caught.value.lines[0]
-    assert "dvc checkout data/raw" in caught.value.lines[-1]
-    assert train.verified_digests(copy, verify=False)  # data.verify: false trusts the files
+        train.verified_digests(raw, verify=False)
+    lines = caught.value.lines
+    assert len(lines) == 3
+    assert lines[0].startswith(str(raw / paths.MNIST_SUBDIR / "train-images-idx3-ubyte"))
+    assert "differs from" in lines[0] and recorded["train-images-idx3-ubyte"] in lines[0]
+    assert lines[1].startswith(str(raw / paths.MNIST_SUBDIR / "t10k-labels-idx1-ubyte"))
+    assert "dvc checkout data/raw" in lines[-1] and "dvc repro -f download" in lines[-1]
+
+
+def test_verify_also_demands_the_canonical_files(workspace: Path) -> None:
+    # the workspace's synthetic digits match what download recorded, but are not MNIST
+    with pytest.raises(PipelineError, match="does not match the canonical"):
+        train.verified_digests(workspace / paths.RAW_DIR, verify=True)
 
 
 def test_missing_data_says_how_to_get_it(tmp_path: Path) -> None:

