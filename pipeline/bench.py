@@ -7,6 +7,7 @@ plus the test-set pass) of
   project:  the dataset resident on the device, seeded permutations, fused
             Adam, per-layer diagnostics (pipeline/training.py);
   project without diagnostics, to measure what the diagnostics cost;
+  on CUDA, the project loop with its step in a CUDA graph (train.cuda_graph);
 interleaved (A B C A B C ...), with the same model, batch size and threads.
 It prints each epoch, the medians and ratios; the last line is JSON.
 """
@@ -24,11 +25,12 @@ from torch.nn import functional as F
 
 from pipeline import paths
 from pipeline.cli import run_stage, stage_parser
+from pipeline.cuda_graph import CudaGraphStep
 from pipeline.device import configure_threads, select_device
 from pipeline.mnist import load_mnist
 from pipeline.model import VARIANTS, DeepMLP
 from pipeline.params import load_params
-from pipeline.training import evaluate, make_optimizer, to_device, train_epoch
+from pipeline.training import evaluate, make_optimizer, to_device, train_epoch, training_step
 
 log = logging.getLogger("bench")
 
@@ -61,13 +63,18 @@ def compare(times: dict[str, list[float]]) -> dict[str, float]:
     baseline, project, bare = (
         statistics.median(times[name]) for name in ("baseline", "project", "project_no_diagnostics")
     )
-    return {
+    result = {
         "baseline_epoch_s": round(baseline, 3),
         "project_epoch_s": round(project, 3),
         "project_no_diagnostics_epoch_s": round(bare, 3),
         "speedup": round(baseline / project, 2),
         "diagnostics_overhead": round(project / bare - 1, 3),
     }
+    if "project_cuda_graph" in times:
+        graph = statistics.median(times["project_cuda_graph"])
+        result["cuda_graph_epoch_s"] = round(graph, 3)
+        result["cuda_graph_speedup"] = round(baseline / graph, 2)
+    return result
 
 
 def timed(run: Callable[[], None], device: torch.device) -> float:
@@ -102,41 +109,39 @@ def main(argv: Sequence[str] | None = None) -> None:
     t = params.train
     batchnorm = VARIANTS[args.variant]
 
-    def arm(classic: bool):
+    def model_and_optimizer(classic: bool = False, capturable: bool = False):
         torch.manual_seed(0)
         model = DeepMLP(depth, width, batchnorm).to(device)
         if classic:
             return model, torch.optim.Adam(model.parameters(), lr=t.lr)
-        return model, make_optimizer(model, t.lr, t.betas, t.eps, t.weight_decay)
+        return model, make_optimizer(model, t.lr, t.betas, t.eps, t.weight_decay, capturable)
 
-    (base_model, base_opt), (proj_model, proj_opt), (bare_model, bare_opt) = (
-        arm(True),
-        arm(False),
-        arm(False),
-    )
     generator = torch.Generator().manual_seed(0)
 
-    def project(model: DeepMLP, optimizer: torch.optim.Optimizer, diagnostics: bool) -> None:
-        train_epoch(
-            model,
-            optimizer,
-            data.train_x,
-            data.train_y,
-            batch_size,
-            generator,
-            track_gradients=diagnostics,
-        )
-        if diagnostics:
-            evaluate(model, data.test_x, data.test_y)
-        else:
-            with torch.no_grad():
-                (model.eval()(data.test_x).argmax(1) == data.test_y).float().mean().item()
+    def project_loop(diagnostics: bool = True, graph: bool = False) -> Callable[[], None]:
+        """An epoch as the train stage runs it (or without its diagnostics)."""
+        model, optimizer = model_and_optimizer(capturable=graph)
+        step = training_step(model, optimizer, data.train_x, data.train_y, diagnostics)
+        graphed = CudaGraphStep(step, model, optimizer, batch_size, device) if graph else None
 
+        def epoch() -> None:
+            train_epoch(model, step, data.train_x, batch_size, generator, None, graphed)
+            if diagnostics:
+                evaluate(model, data.test_x, data.test_y)
+            else:
+                with torch.no_grad():
+                    (model.eval()(data.test_x).argmax(1) == data.test_y).float().mean().item()
+
+        return epoch
+
+    base_model, base_opt = model_and_optimizer(classic=True)
     loops = {
         "baseline": lambda: classic_epoch(base_model, base_opt, train_loader, test_loader, device),
-        "project": lambda: project(proj_model, proj_opt, diagnostics=True),
-        "project_no_diagnostics": lambda: project(bare_model, bare_opt, diagnostics=False),
+        "project": project_loop(),
+        "project_no_diagnostics": project_loop(diagnostics=False),
     }
+    if device.type == "cuda":  # the train stage's default there: train.cuda_graph auto
+        loops["project_cuda_graph"] = project_loop(graph=True)
     times: dict[str, list[float]] = {name: [] for name in loops}
     log.info(
         "device %s, %s model, batch %d, %d threads",
@@ -159,6 +164,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"baseline (DataLoader) median {baseline:.2f} s/epoch")
     print(f"project loop          median {project_s:.2f} s/epoch  speedup x{result['speedup']}")
     print(f"diagnostics overhead  {100 * result['diagnostics_overhead']:+.1f}%")
+    if "cuda_graph_epoch_s" in result:
+        print(f"CUDA graph loop       median {result['cuda_graph_epoch_s']:.2f} s/epoch  "
+              f"speedup x{result['cuda_graph_speedup']}")  # fmt: skip
     print(json.dumps(result))
 
 

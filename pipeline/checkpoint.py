@@ -29,7 +29,8 @@ def checkpoints_of(models_dir: Path) -> dict[int, Path]:
 def make_checkpoint(model: DeepMLP, **metadata: Any) -> dict[str, Any]:
     """The model's config and CPU weights, plus whatever describes the run
     (variant, seed, epoch, params, data digests, metrics)."""
-    state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+    # clone: the weights are views into one flat training buffer; save them alone
+    state = {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
     return {"format": FORMAT, "model_config": dict(model.config), "state_dict": state, **metadata}
 
 
@@ -46,8 +47,14 @@ def load_checkpoint(path: Path) -> tuple[DeepMLP, dict[str, Any]]:
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise PipelineError(f"{path}: not a checkpoint of this pipeline (format {FORMAT})")
     try:
-        model = DeepMLP(**checkpoint["model_config"])
-        model.load_state_dict(checkpoint["state_dict"])
+        model = model_from_checkpoint(checkpoint)
     except (KeyError, TypeError, RuntimeError) as err:
         raise PipelineError(f"{path}: inconsistent checkpoint ({err}); retrain it") from None
-    return model.eval(), checkpoint
+    return model, checkpoint
+
+
+def model_from_checkpoint(checkpoint: dict[str, Any]) -> DeepMLP:
+    """A fresh model (own tensors, eval mode, CPU) with the checkpoint's weights."""
+    model = DeepMLP(**checkpoint["model_config"])
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.eval()

@@ -33,6 +33,16 @@ def describe_device(device: torch.device) -> str:
     return device.type
 
 
+def use_cuda_graph(setting: str | bool, device: torch.device) -> bool:
+    """train.cuda_graph: `auto` is on exactly for CUDA; `true` needs CUDA."""
+    if setting is True and device.type != "cuda":
+        raise ParamsError(
+            f"params.yaml: train.cuda_graph = true: needs a CUDA device, training runs on "
+            f"{device.type}; use auto or false"
+        )
+    return device.type == "cuda" and setting in ("auto", True)
+
+
 def configure_threads(cpu_threads: int) -> None:
     """train.cpu_threads: 0 keeps torch's default (one thread per core)."""
     if cpu_threads:

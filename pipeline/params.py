@@ -67,6 +67,7 @@ class TrainParams(Section):
     seeds: Annotated[list[Seed], Field(min_length=1, max_length=100)]
     device: Literal["auto", "cpu", "cuda", "mps"]
     cpu_threads: Annotated[int, Field(ge=0, le=1024)]  # 0: torch's default
+    cuda_graph: Literal["auto", True, False]  # auto: on for CUDA, off elsewhere
 
     @field_validator("seeds")
     @classmethod

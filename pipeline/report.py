@@ -49,7 +49,7 @@ Block = Heading | Paragraph | Table | Image
 class Context:
     """Everything the report says, gathered by the visualize stage."""
 
-    params: dict[str, dict[str, Any]]  # the model and train sections
+    params: dict[str, dict[str, Any]]  # the sections training used (checkpoint["params"])
     digests: dict[str, str]
     commit: str
     device: str
@@ -193,8 +193,11 @@ def build(context: Context) -> list[Block]:
         ]
     )
     class_header, class_rows = per_class_table(context.evaluation)
-    run_rows = [[f"model.{k}", str(v)] for k, v in p["model"].items()]
-    run_rows += [[f"train.{k}", str(v)] for k, v in p["train"].items()]
+    run_rows = [
+        [f"{section}.{key}", str(value)]
+        for section, values in p.items()  # the params the models were trained with
+        for key, value in values.items()
+    ]
     run_rows += [
         ["device", context.device],
         ["git commit", context.commit],

@@ -87,10 +87,16 @@ def prepare_experiment(uri: str, name: str) -> str:
         db.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(f"{db}.lock"):
             from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+            from mlflow.tracking import MlflowClient
 
-            store = SqlAlchemyStore(uri, (db.parent / ARTIFACTS_NAME).as_uri())
-            experiment = store.get_experiment_by_name(name)
-            return experiment.experiment_id if experiment else store.create_experiment(name)
+            artifacts = (db.parent / ARTIFACTS_NAME).as_uri()
+            if not db.exists():  # schema, and a Default experiment with absolute artifacts
+                SqlAlchemyStore(uri, artifacts)
+            # The client's store is the one later calls reuse: no second set-up.
+            experiment = MlflowClient(uri).get_experiment_by_name(name)
+            if experiment is not None:
+                return experiment.experiment_id
+            return SqlAlchemyStore(uri, artifacts).create_experiment(name)
     except MlflowException as err:
         raise PipelineError(f"MLflow store {uri}: {err.message}") from None
 

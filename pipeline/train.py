@@ -19,9 +19,14 @@ import torch
 from tqdm import tqdm
 
 from pipeline import paths, tracking
-from pipeline.checkpoint import checkpoint_path, make_checkpoint, save_checkpoint
+from pipeline.checkpoint import (
+    checkpoint_path,
+    make_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+)
 from pipeline.cli import run_stage, stage_parser
-from pipeline.device import configure_threads, describe_device, select_device
+from pipeline.device import configure_threads, describe_device, select_device, use_cuda_graph
 from pipeline.errors import PipelineError
 from pipeline.files import (
     atomic_write_json,
@@ -101,7 +106,8 @@ def train_seed(
     model = DeepMLP(params.model.depth, params.model.width, VARIANTS[variant])
     model.to(data.train_x.device)
     t = params.train
-    optimizer = make_optimizer(model, t.lr, t.betas, t.eps, t.weight_decay)
+    graph = use_cuda_graph(t.cuda_graph, data.train_x.device)
+    optimizer = make_optimizer(model, t.lr, t.betas, t.eps, t.weight_decay, capturable=graph)
     label = f"{variant}-seed{seed}"
 
     def on_epoch(record: EpochRecord) -> None:
@@ -133,6 +139,7 @@ def train_seed(
             generator=torch.Generator().manual_seed(seed),
             on_epoch=on_epoch,
             on_progress=Progress(label, batches, t.epochs),
+            cuda_graph=graph,
         )
     except Diverged as err:
         raise PipelineError(
@@ -191,7 +198,9 @@ def train_variant(
                 save_checkpoint(checkpoint_path(staging, seed), final)
                 model_uri = None
                 if params.tracking.log_model:
-                    model_uri = run.log_model(model.cpu(), data.test_x[:5].cpu())
+                    # a standalone copy: the trained weights are views into one buffer
+                    standalone = model_from_checkpoint(final)
+                    model_uri = run.log_model(standalone, data.test_x[:5].cpu())
                 histories[seed] = history
                 runs[str(seed)] = {"run_id": run.run_id, "model_uri": model_uri}
         atomic_write_json(staging / paths.HISTORY_NAME, history_table(histories))
@@ -210,6 +219,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     params = load_params(args.params)
     device = select_device(params.train.device)
+    use_cuda_graph(params.train.cuda_graph, device)  # a bad setting fails here, not later
     configure_threads(params.train.cpu_threads)
     uri = tracking.tracking_uri(os.environ, Path.cwd())  # a dead server fails here, first
     experiment_id = tracking.prepare_experiment(uri, params.tracking.experiment)

@@ -88,7 +88,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     context = report.Context(
         params=checkpoint["params"],
         digests=checkpoint["data_sha256"],
-        commit=tracking.git_commit(Path.cwd()) or "unknown",
+        # the commit the models were trained at (reports may be drawn later)
+        commit=checkpoint.get("git_commit") or tracking.git_commit(Path.cwd()) or "unknown",
         device=checkpoint["device"],
         date=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         metrics=read_json(paths.METRICS_FILE, "run `dvc repro evaluate`"),

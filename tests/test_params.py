@@ -108,6 +108,11 @@ def test_every_bound_rejects_the_value_beyond_and_accepts_the_edge(
         ("train.seeds", [2**31], "train.seeds[0] = 2147483648: must be less than or equal to"),
         ("train.seeds", list(range(101)), "...: must have at most 100 items"),
         ("train.device", "tpu", "train.device = \"tpu\": must be 'auto', 'cpu', 'cuda' or 'mps'"),
+        (
+            "train.cuda_graph",
+            "sometimes",
+            "train.cuda_graph = \"sometimes\": must be 'auto', True or False",
+        ),
         ("data.source", "s3", "data.source = \"s3\": must be 'auto', 'torchvision', 'pypi'"),
         ("train.epochs", "9", 'train.epochs = "9": must be a valid integer'),
         ("train.epochs", 9.5, "train.epochs = 9.5: must be a valid integer"),
@@ -231,7 +236,8 @@ def test_stage_exits_2_before_touching_outputs(
     assert done.returncode == 2
     assert done.stderr.splitlines() == [
         "params.yaml: train.batchsize = 32: unknown key; did you mean train.batch_size? "
-        "allowed: epochs, batch_size, lr, betas, eps, weight_decay, seeds, device, cpu_threads"
+        "allowed: epochs, batch_size, lr, betas, eps, weight_decay, seeds, device, cpu_threads, "
+        "cuda_graph"
     ]
     assert "Traceback" not in done.stderr
     assert sentinel.read_bytes() == b"previous good output"

@@ -21,7 +21,7 @@ from pipeline import download, paths
 from pipeline.errors import PipelineError
 from pipeline.model import DeepMLP
 from pipeline.params import DataParams
-from pipeline.training import Diverged, make_optimizer, train_epoch
+from pipeline.training import Diverged, make_optimizer, train_epoch, training_step
 
 from .conftest import run_stages, tiny_params, write_synthetic_idx
 from .test_training import synthetic_data
@@ -256,7 +256,8 @@ def test_a_non_finite_loss_is_caught_in_its_batch() -> None:
     model = DeepMLP(2, 8, batchnorm=False)
     optimizer = make_optimizer(model, 1e-3, [0.9, 0.999], 1e-8, 0.0)
     with pytest.raises(Diverged) as caught:
-        train_epoch(model, optimizer, data.train_x, data.train_y, 32, generator)
+        step = training_step(model, optimizer, data.train_x, data.train_y)
+        train_epoch(model, step, data.train_x, 32, generator)
     assert caught.value.batch == batch
     assert not torch.isfinite(torch.tensor(caught.value.value))
 

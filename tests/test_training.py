@@ -15,6 +15,7 @@ from pipeline.training import (
     make_optimizer,
     to_device,
     train_epoch,
+    training_step,
 )
 
 from .conftest import synthetic_digits
@@ -98,10 +99,12 @@ def test_a_batch_size_leaving_one_image_trains_with_batchnorm() -> None:
     model = DeepMLP(2, 8, batchnorm=True)
     optimizer = make_optimizer(model, 1e-3, [0.9, 0.999], 1e-8, 0.0)
     seen = []
-    train_epoch(model, optimizer, data.train_x, data.train_y, 16, torch.Generator(),
+    step = training_step(model, optimizer, data.train_x, data.train_y)
+    train_epoch(model, step, data.train_x, 16, torch.Generator(),
                 on_progress=lambda n, loss: seen.append(n))  # fmt: skip
     assert seen == [2]  # two batches of 16; the single image was left out
-    assert optimizer.state[model.output.weight]["step"].item() == 2
+    (flat,) = optimizer.param_groups[0]["params"]
+    assert optimizer.state[flat]["step"].item() == 2
 
 
 def test_epoch_records_every_diagnostic_per_layer() -> None:
@@ -143,14 +146,10 @@ def test_progress_reports_the_running_loss() -> None:
     model = DeepMLP(2, 8, batchnorm=True)
     optimizer = make_optimizer(model, 1e-3, [0.9, 0.999], 1e-8, 0.0)
     seen = []
+    step = training_step(model, optimizer, data.train_x, data.train_y)
     loss, _ = train_epoch(
-        model,
-        optimizer,
-        data.train_x,
-        data.train_y,
-        4,
-        torch.Generator(),
+        model, step, data.train_x, 4, torch.Generator(),
         on_progress=lambda n, running: seen.append((n, running)),
-    )
+    )  # fmt: skip
     assert [n for n, _ in seen] == [50, 75]  # every 50 batches, and the last one
     assert seen[-1][1] == pytest.approx(loss)

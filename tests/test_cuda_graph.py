@@ -1,0 +1,81 @@
+"""The CUDA graph path: same training as the eager loop, on by default only on CUDA."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline.cuda_graph import _restore, _snapshot
+from pipeline.device import use_cuda_graph
+from pipeline.errors import ParamsError
+from pipeline.model import DeepMLP
+from pipeline.training import fit, make_optimizer, to_device, training_step
+
+from .test_training import synthetic_mnist
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.parametrize(
+    ("setting", "device", "expected"),
+    [("auto", "cpu", False), ("auto", "cuda", True), (False, "cuda", False), (True, "cuda", True),
+     (False, "cpu", False), ("auto", "mps", False)],
+)  # fmt: skip
+def test_auto_is_on_exactly_for_cuda(setting: str | bool, device: str, expected: bool) -> None:
+    assert use_cuda_graph(setting, torch.device(device)) is expected
+
+
+def test_forcing_a_graph_without_cuda_is_a_params_error() -> None:
+    with pytest.raises(ParamsError, match=r"train\.cuda_graph = true: needs a CUDA device"):
+        use_cuda_graph(True, torch.device("cpu"))
+
+
+def test_restoring_after_warm_up_equals_a_fresh_start() -> None:
+    # What CudaGraphStep does around its warm-up, checked on the CPU: after
+    # the restore, the next step matches the first step of an untouched copy.
+    data = to_device(synthetic_mnist(64, 16), torch.device("cpu"))
+    index = torch.arange(32)
+
+    def model_and_optimizer():
+        torch.manual_seed(0)
+        model = DeepMLP(3, 8, batchnorm=True)
+        return model, make_optimizer(model, 1e-2, [0.9, 0.999], 1e-8, 0.0)
+
+    warmed, warmed_opt = model_and_optimizer()
+    saved = _snapshot(warmed)
+    step = training_step(warmed, warmed_opt, data.train_x, data.train_y)
+    for _ in range(3):
+        step(torch.randperm(64)[:32])
+    _restore(warmed, warmed_opt, saved)
+    fresh, fresh_opt = model_and_optimizer()
+    loss_a, _ = step(index)
+    loss_b, _ = training_step(fresh, fresh_opt, data.train_x, data.train_y)(index)
+    assert torch.equal(loss_a, loss_b)
+    for (name, a), b in zip(warmed.state_dict().items(), fresh.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, atol=1e-7), name
+
+
+@needs_cuda
+@pytest.mark.parametrize("batchnorm", [True, False])
+def test_graph_and_eager_training_agree(batchnorm: bool) -> None:
+    device = torch.device("cuda")
+    data = to_device(synthetic_mnist(300, 100), device)  # 300 = 9 * 32 + 12: one eager batch
+
+    def train(graph: bool):
+        torch.manual_seed(0)
+        model = DeepMLP(4, 32, batchnorm).to(device)
+        optimizer = make_optimizer(model, 1e-3, [0.9, 0.999], 1e-8, 0.0, capturable=graph)
+        history = fit(model, data, epochs=3, batch_size=32, optimizer=optimizer,
+                      generator=torch.Generator().manual_seed(0), cuda_graph=graph)  # fmt: skip
+        return model, history
+
+    eager, eager_history = train(graph=False)
+    graphed, graph_history = train(graph=True)
+    for (name, a), b in zip(eager.state_dict().items(), graphed.state_dict().values(), strict=True):
+        assert torch.allclose(a.float(), b.float(), rtol=1e-3, atol=1e-5), name
+    for a, b in zip(eager_history, graph_history, strict=True):
+        assert a.train_loss == pytest.approx(b.train_loss, rel=1e-4)
+        assert a.test_accuracy == pytest.approx(b.test_accuracy, abs=0.02)
+        assert [x.grad_norm for x in a.layers] == pytest.approx(
+            [x.grad_norm for x in b.layers], rel=1e-3
+        )
