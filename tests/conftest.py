@@ -144,6 +144,15 @@ def dvc(repo: Path, *args: str, timeout: float = 900) -> subprocess.CompletedPro
                           capture_output=True, text=True, check=False, timeout=timeout)  # fmt: skip
 
 
+def free_port() -> int:
+    """A loopback TCP port nothing listens on (for a server a test starts, or a dead one)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
 
 

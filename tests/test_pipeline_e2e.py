@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import dvc, git, project_copy
+from .conftest import dvc, free_port, git, project_copy
 
 pytestmark = pytest.mark.slow
 
@@ -95,14 +95,6 @@ def test_visualize_params_rerun_only_visualize(repo: Path) -> None:
     assert done.returncode == 0, done.stderr
     ran = [line.split("'")[1] for line in done.stdout.splitlines() if line.startswith("Running")]
     assert ran == ["visualize"]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_plain_mlflow_ui_in_the_repo_root_shows_the_runs(repo: Path) -> None:

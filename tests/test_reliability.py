@@ -23,7 +23,7 @@ from pipeline.model import DeepMLP
 from pipeline.params import DataParams
 from pipeline.training import Diverged, make_optimizer, train_epoch, training_step
 
-from .conftest import run_stages, tiny_params, write_synthetic_idx
+from .conftest import free_port, run_stages, tiny_params, write_synthetic_idx
 from .test_training import synthetic_data
 
 
@@ -342,11 +342,7 @@ def test_interrupted_training_ends_killed_and_keeps_nothing(
 
 
 def test_unreachable_tracking_server_fails_before_training(previous_run: Path) -> None:
-    import socket
-
-    with socket.socket() as s:  # a port with nothing listening
-        s.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     before = snapshot(previous_run)
     started = time.monotonic()
     done = stage(previous_run, "train --variant nobn", {"MLFLOW_TRACKING_URI": dead})

@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,15 +30,9 @@ from pipeline.checkpoint import load_checkpoint
 from pipeline.mnist import load_split
 from pipeline.training import scale_images
 
-from .conftest import run_stages
+from .conftest import free_port, run_stages
 
 pytestmark = pytest.mark.postgres
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def postgres_bin(name: str) -> str:
