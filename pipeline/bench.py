@@ -4,8 +4,10 @@
 plus the test-set pass) of
   baseline: torchvision MNIST with ToTensor through a shuffling DataLoader,
             Adam with its defaults, as tutorials (and the seed post) write it;
-  project:  the dataset resident on the device, seeded permutations, fused
-            Adam, per-layer diagnostics (pipeline/training.py);
+  project:  the dataset resident on the device, seeded permutations, the
+            hand-written backward pass (pipeline/backprop.py), fused Adam,
+            per-layer diagnostics (pipeline/training.py);
+  project with autograd's backward instead, to measure what backprop.py saves;
   project without diagnostics, to measure what the diagnostics cost;
   on CUDA, the project loop with its step in a CUDA graph (train.cuda_graph);
 interleaved (A B C A B C ...), with the same model, batch size and threads.
@@ -59,15 +61,17 @@ def classic_epoch(
 
 
 def compare(times: dict[str, list[float]]) -> dict[str, float]:
-    """Medians per loop, the speedup of the project loop and the diagnostics' cost."""
-    baseline, project, bare = (
-        statistics.median(times[name]) for name in ("baseline", "project", "project_no_diagnostics")
-    )
+    """Medians per loop, the speedup of the project loop, what its hand-written
+    backward gains over autograd's, and the diagnostics' cost."""
+    names = ("baseline", "project", "project_autograd", "project_no_diagnostics")
+    baseline, project, autograd, bare = (statistics.median(times[name]) for name in names)
     result = {
         "baseline_epoch_s": round(baseline, 3),
         "project_epoch_s": round(project, 3),
+        "project_autograd_epoch_s": round(autograd, 3),
         "project_no_diagnostics_epoch_s": round(bare, 3),
         "speedup": round(baseline / project, 2),
+        "manual_backward_speedup": round(autograd / project, 2),
         "diagnostics_overhead": round(project / bare - 1, 3),
     }
     if "project_cuda_graph" in times:
@@ -118,10 +122,15 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     generator = torch.Generator().manual_seed(0)
 
-    def project_loop(diagnostics: bool = True, graph: bool = False) -> Callable[[], None]:
-        """An epoch as the train stage runs it (or without its diagnostics)."""
+    def project_loop(
+        diagnostics: bool = True, graph: bool = False, use_autograd: bool = False
+    ) -> Callable[[], None]:
+        """An epoch as the train stage runs it (or without its diagnostics, or
+        with autograd's backward)."""
         model, optimizer = model_and_optimizer(capturable=graph)
-        step = training_step(model, optimizer, data.train_x, data.train_y, diagnostics)
+        step = training_step(
+            model, optimizer, data.train_x, data.train_y, diagnostics, use_autograd
+        )
         graphed = CudaGraphStep(step, model, optimizer, batch_size, device) if graph else None
 
         def epoch() -> None:
@@ -138,6 +147,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     loops = {
         "baseline": lambda: classic_epoch(base_model, base_opt, train_loader, test_loader, device),
         "project": project_loop(),
+        "project_autograd": project_loop(use_autograd=True),
         "project_no_diagnostics": project_loop(diagnostics=False),
     }
     if device.type == "cuda":  # the train stage's default there: train.cuda_graph auto
@@ -163,6 +173,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     baseline, project_s = result["baseline_epoch_s"], result["project_epoch_s"]
     print(f"baseline (DataLoader) median {baseline:.2f} s/epoch")
     print(f"project loop          median {project_s:.2f} s/epoch  speedup x{result['speedup']}")
+    print(f"autograd backward     median {result['project_autograd_epoch_s']:.2f} s/epoch  "
+          f"hand-written is x{result['manual_backward_speedup']} faster")  # fmt: skip
     print(f"diagnostics overhead  {100 * result['diagnostics_overhead']:+.1f}%")
     if "cuda_graph_epoch_s" in result:
         print(f"CUDA graph loop       median {result['cuda_graph_epoch_s']:.2f} s/epoch  "

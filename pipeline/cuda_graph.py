@@ -22,9 +22,10 @@ WARMUP_STEPS = 3  # eager steps before capture: lazy optimizer state, library ha
 
 
 class CudaGraphStep:
-    """`step` (from training.training_step, with a capturable optimizer) captured for batches of `batch_size`. Calling it
-    with a batch's indices replays the graph; the returned loss and gradient
-    norms are the graph's static outputs, overwritten by the next replay."""
+    """`step` (from training.training_step, with a capturable optimizer)
+    captured for batches of `batch_size`. Calling it with a batch's indices
+    replays the graph; the returned loss and gradient norms are the graph's
+    static outputs, overwritten by the next replay."""
 
     def __init__(
         self,

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pipeline.backprop import loss_and_gradients
 from pipeline.cuda_graph import CudaGraphStep, Step
 from pipeline.mnist import Mnist
 from pipeline.model import DeepMLP
@@ -96,26 +97,38 @@ def training_step(
     x: torch.Tensor,
     y: torch.Tensor,
     track_gradients: bool = True,
+    use_autograd: bool = False,
 ) -> Step:
     """The step on one batch, given by its indices into (x, y): forward,
     cross-entropy, backward, Adam update. Returns the batch loss and, per hidden
     layer, the L2 norm of its weight gradient (None without track_gradients),
     as tensors on the device. The CUDA graph path captures this same function.
-    Gradients are zeroed in place: they are views into one flat buffer (see
-    make_optimizer), and a captured graph holds pointers to them."""
+
+    The backward pass is pipeline.backprop's, written out by hand; with
+    use_autograd it is `loss.backward()`, the reference it equals (the
+    benchmark times both). Either way the gradients are written in place:
+    they are views into one flat buffer (see make_optimizer), and a captured
+    graph holds pointers to them."""
     weights = model.hidden_weights()
+    if use_autograd:
+
+        def backward(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            loss = F.cross_entropy(model(images), labels)
+            optimizer.zero_grad(set_to_none=False)
+            loss.backward()
+            return loss.detach()
+    else:
+        backward = loss_and_gradients(model)
 
     def step(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        loss = F.cross_entropy(model(x.index_select(0, index)), y.index_select(0, index))
-        optimizer.zero_grad(set_to_none=False)
-        loss.backward()
+        loss = backward(x.index_select(0, index), y.index_select(0, index))
         # One fused kernel for all layers (what clip_grad_norm_ uses),
         # about half the cost of a norm() per layer.
         norms = (
             torch.stack(torch._foreach_norm([w.grad for w in weights])) if track_gradients else None
         )
         optimizer.step()
-        return loss.detach(), norms
+        return loss, norms
 
     return step
 

@@ -26,9 +26,10 @@ def test_bench_prints_medians_and_ratio_as_json_last(
     lines = capsys.readouterr().out.strip().splitlines()
     result = json.loads(lines[-1])
     assert result["device"] == "cpu" and result["variant"] == "bn" and result["repeats"] == 2
-    for key in ("baseline_epoch_s", "project_epoch_s", "project_no_diagnostics_epoch_s"):
+    for key in ("baseline_epoch_s", "project_epoch_s", "project_autograd_epoch_s",
+                "project_no_diagnostics_epoch_s"):  # fmt: skip
         assert result[key] > 0
-    assert {"speedup", "diagnostics_overhead"} <= set(result)
+    assert {"speedup", "manual_backward_speedup", "diagnostics_overhead"} <= set(result)
     assert lines[0].startswith("baseline (DataLoader) median")
 
 
@@ -36,12 +37,15 @@ def test_compare_takes_medians_and_ratios() -> None:
     times = {
         "baseline": [7.0, 6.0, 30.0],  # one slow outlier: the median ignores it
         "project": [2.1, 2.0, 1.9],
+        "project_autograd": [3.0, 3.1, 2.9],
         "project_no_diagnostics": [1.8, 1.9, 2.0],
     }
     assert bench.compare(times) == {
         "baseline_epoch_s": 7.0,
         "project_epoch_s": 2.0,
+        "project_autograd_epoch_s": 3.0,
         "project_no_diagnostics_epoch_s": 1.9,
         "speedup": 3.5,
+        "manual_backward_speedup": 1.5,
         "diagnostics_overhead": 0.053,
     }
