@@ -4,6 +4,7 @@ PipelineError into its message and exit status instead of a traceback."""
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
@@ -35,7 +36,8 @@ def run_stage(
     main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | None = None
 ) -> None:
     """Run a stage's main(); exit 1 (or 2 for bad params) with one line per
-    problem, 130 on Ctrl-C and 143 on SIGTERM, after the stage cleaned up."""
+    problem, 130 on Ctrl-C and 143 on SIGTERM, after the stage cleaned up.
+    Call it only as the process's last act (`if __name__ == "__main__"`)."""
     # The pipeline makes no network call but the data fetch: MLflow's telemetry
     # stays off in our processes unless the user decided otherwise.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -56,3 +58,9 @@ def run_stage(
         print(f"interrupted ({'SIGTERM' if terminated else 'SIGINT'}): nothing was kept of the "
               "unfinished stage; run it again (dvc repro)", file=sys.stderr)  # fmt: skip
         sys.exit(128 + (signal.SIGTERM if terminated else signal.SIGINT))
+    finally:
+        # The process is about to exit. Exempt every object alive now from the
+        # collector, so that the interpreter's shutdown skips a last full pass
+        # over the millions that torch, torchvision and MLflow created: about
+        # 0.9 s of each stage's 1.1 s shutdown. Exit handlers still run.
+        gc.freeze()
