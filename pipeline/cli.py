@@ -32,6 +32,14 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
     raise Terminated
 
 
+def configure_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
 def run_stage(
     main: Callable[[Sequence[str] | None], None], argv: Sequence[str] | None = None
 ) -> None:
@@ -41,11 +49,7 @@ def run_stage(
     # The pipeline makes no network call but the data fetch: MLflow's telemetry
     # stays off in our processes unless the user decided otherwise.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    configure_logging()
     signal.signal(signal.SIGTERM, _terminate)
     try:
         main(argv)

@@ -11,9 +11,13 @@ repository also when it runs a stage in a temporary copy (`dvc exp run
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
+import json
 import logging
+import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -254,6 +258,103 @@ def log_to_run(
     return True
 
 
+class LogLater:
+    """log_to_run calls made by a helper process (`python -m pipeline.tracking`).
+
+    Importing MLflow and opening its SQL store cost about 2 s of CPU.
+    evaluate and visualize only log at their end, so they start the helper
+    first: it imports MLflow on the second core while the stage works, then
+    makes the calls queued with `log_to_run`, in order, when `finish` sends
+    them. Its messages go to the stage's stderr. Leaving the `with` block
+    without `finish` (an error, Ctrl-C) stops the helper, which until then
+    has only read from the store.
+    """
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self.requests: list[dict[str, Any]] = []
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.tracking"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        # The store first, so that the helper opens it while the stage works.
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps(uri) + "\n")
+        self.process.stdin.flush()
+
+    def __enter__(self) -> LogLater:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.communicate()  # reap it and close the pipes
+
+    def log_to_run(
+        self,
+        run_id: str,
+        *,
+        metrics: dict[str, float] | None = None,
+        dicts: dict[str, Any] | None = None,
+        files: Sequence[Path] = (),
+        folder: str | None = None,
+    ) -> None:
+        """Queue `log_to_run(uri, run_id, ...)` for `finish`."""
+        paths = [str(Path(f).resolve()) for f in files]
+        request = {"run_id": run_id, "metrics": metrics, "dicts": dicts, "files": paths}
+        self.requests.append(request | {"folder": folder})
+
+    def finish(self) -> list[bool]:
+        """Make the queued calls; their results, or PipelineError if the helper failed."""
+        out, _ = self.process.communicate(json.dumps(self.requests))
+        if self.process.returncode != 0:
+            raise PipelineError(
+                f"logging to the MLflow store {self.uri} failed "
+                f"(helper exit status {self.process.returncode}); see the messages above"
+            )
+        return json.loads(out)
+
+
+def _serve(stdin: Any = sys.stdin, stdout: Any = sys.stdout) -> int:
+    """The LogLater helper. Reads the store's URI, imports MLflow and opens
+    the store if it exists, then reads the calls (none: the stage gave up),
+    makes them and prints their results."""
+    # Ctrl-C in a terminal reaches the whole process group: the stage decides.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    uri = json.loads(stdin.readline() or "null")
+    if not uri:
+        return 0
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    db = sqlite_path(uri)
+    if db is None or db.exists():  # never create a store here; log_to_run warns
+        with contextlib.suppress(MlflowException):
+            _ = MlflowClient(uri)._tracking_client.store  # later clients reuse it
+    text = stdin.read()
+    if not text:
+        return 0
+    try:
+        results = [
+            log_to_run(
+                uri,
+                r["run_id"],
+                metrics=r["metrics"],
+                dicts=r["dicts"],
+                files=[Path(f) for f in r["files"]],
+                folder=r["folder"],
+            )
+            for r in json.loads(text)
+        ]
+    except (MlflowException, OSError) as err:
+        print(f"MLflow store {uri}: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps(results), file=stdout, flush=True)
+    return 0
+
+
 @contextlib.contextmanager
 def start_run(
     uri: str, experiment_id: str, name: str, tags: dict[str, str], params: dict[str, Any]
@@ -285,3 +386,12 @@ def _end(mlflow: Any, status: str, reason: str) -> None:
         mlflow.end_run(status)
     except Exception as err:
         log.warning("could not mark the MLflow run %s: %s", status, err)
+
+
+if __name__ == "__main__":
+    from pipeline.cli import configure_logging
+
+    configure_logging()
+    status = _serve()
+    gc.freeze()  # as run_stage does: no last collection at exit
+    sys.exit(status)

@@ -26,7 +26,7 @@ from pipeline.errors import ParamsError
 from pipeline.files import atomic_write, atomic_write_text, read_json
 from pipeline.mnist import load_split
 from pipeline.model import VARIANTS, DeepMLP
-from pipeline.params import load_params
+from pipeline.params import VisualizeParams, load_params
 from pipeline.training import scale_images
 
 log = logging.getLogger("visualize")
@@ -47,6 +47,13 @@ def save_figure(fig: Figure, path: Path, dpi: int) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     args = stage_parser(__doc__.splitlines()[0]).parse_args(argv)
     params = load_params(args.params).visualize
+    uri = tracking.tracking_uri(os.environ, Path.cwd())
+    with tracking.LogLater(uri) as mlflow_log:  # MLflow loads while we draw
+        draw_all(params, mlflow_log)
+
+
+def draw_all(params: VisualizeParams, mlflow_log: tracking.LogLater) -> None:
+    """Draw the figures, write the report, then log them to every run."""
     images, labels = load_split(paths.RAW_DIR, train=False)
     if params.sample_index >= len(images):
         raise ParamsError(
@@ -103,10 +110,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     atomic_write_text(paths.REPORT_MD, report.render_markdown(blocks))
     atomic_write_text(paths.REPORT_HTML, report.render_html(blocks, paths.REPORTS_DIR))
     log.info("wrote %d figures, %s and %s", len(written), paths.REPORT_MD, paths.REPORT_HTML)
-    uri = tracking.tracking_uri(os.environ, Path.cwd())
     for variant in VARIANTS:
         for run_id in tracking.recorded_runs(paths.MODELS_DIR / variant / paths.RUNS_NAME).values():
-            tracking.log_to_run(uri, run_id, files=[*written, paths.REPORT_HTML], folder="report")
+            mlflow_log.log_to_run(run_id, files=[*written, paths.REPORT_HTML], folder="report")
+    mlflow_log.finish()
 
 
 if __name__ == "__main__":

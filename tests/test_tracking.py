@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import stat
@@ -127,3 +128,59 @@ def test_run_tags(tmp_path: Path) -> None:
 )
 def test_which_processes_count_as_dvc(cmdline: list[str], expected: bool) -> None:
     assert tracking._is_dvc(cmdline) is expected
+
+
+def finished_run(uri: str) -> str:
+    experiment = tracking.prepare_experiment(uri, "e")
+    with tracking.start_run(uri, experiment, "r", {}, {}) as run:
+        return run.run_id
+
+
+def test_log_later_makes_the_queued_calls_in_the_helper(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    run_id = finished_run(uri)
+    figure = tmp_path / "figure.png"
+    figure.write_bytes(b"png")
+    with tracking.LogLater(uri) as later:
+        later.log_to_run(run_id, metrics={"eval/x": 0.5}, dicts={"d/c.json": [[1, 2]]})
+        later.log_to_run("0" * 32, metrics={"eval/x": 1.0})  # not in the store: skipped
+        later.log_to_run(run_id, files=[figure], folder="report")
+        assert later.finish() == [True, False, True]
+    client = MlflowClient(uri)
+    run = client.get_run(run_id)
+    assert run.data.metrics == {"eval/x": 0.5} and run.info.status == "FINISHED"
+    assert Path(client.download_artifacts(run_id, "report/figure.png")).read_bytes() == b"png"
+    assert json.loads(Path(client.download_artifacts(run_id, "d/c.json")).read_text()) == [[1, 2]]
+
+
+def test_leaving_log_later_without_finishing_logs_nothing(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    run_id = finished_run(uri)
+    with pytest.raises(RuntimeError, match="the stage failed"), tracking.LogLater(uri) as later:
+        later.log_to_run(run_id, metrics={"eval/x": 0.5})
+        raise RuntimeError("the stage failed")
+    assert later.process.returncode is not None  # stopped and reaped, not left running
+    assert MlflowClient(uri).get_run(run_id).data.metrics == {}
+
+
+def test_log_later_never_creates_a_store(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    with tracking.LogLater(uri) as later:
+        later.log_to_run("0" * 32, metrics={"x": 1.0})
+        assert later.finish() == [False]
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_failing_helper_is_a_pipeline_error(tmp_path: Path) -> None:
+    from pipeline.errors import PipelineError
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    run_id = finished_run(uri)
+    with tracking.LogLater(uri) as later:
+        later.log_to_run(run_id, files=[tmp_path / "gone.png"])
+        with pytest.raises(PipelineError, match=r"logging to the MLflow store .* failed"):
+            later.finish()
