@@ -108,22 +108,20 @@ def accuracy_table(metrics: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def log_to_mlflow(
-    evaluations: dict[str, dict[int, Evaluation]], mlflow_log: tracking.LogLater
-) -> None:
+def log_to_mlflow(evaluations: dict[str, dict[int, Evaluation]], tracker: tracking.Tracker) -> None:
     for variant, by_seed in evaluations.items():
         run_ids = tracking.recorded_runs(paths.MODELS_DIR / variant / paths.RUNS_NAME)
         for seed, e in by_seed.items():
             metrics = {"eval/test_accuracy": e.test_accuracy, "eval/test_loss": e.test_loss}
             metrics |= {f"eval/class_{k}_accuracy": a for k, a in enumerate(e.class_accuracy)}
-            mlflow_log.log_to_run(
+            tracker.log_to_run(
                 run_ids[seed],
                 metrics=metrics,
                 dicts={"evaluation/confusion_matrix.json": e.confusion},
             )
 
 
-def evaluate_all(params: Params, mlflow_log: tracking.LogLater) -> None:
+def evaluate_all(params: Params, tracker: tracking.Tracker) -> None:
     """Evaluate every checkpoint, write the reports, then log to the runs."""
     images, y = load_split(paths.RAW_DIR, train=False)
     x = scale_images(images)
@@ -145,16 +143,15 @@ def evaluate_all(params: Params, mlflow_log: tracking.LogLater) -> None:
     atomic_write_json(paths.METRICS_FILE, metrics)
     atomic_write_json(paths.EVALUATION_FILE, details(evaluations))
     atomic_write_text(paths.ACCURACY_TABLE, accuracy_table(metrics))
-    log_to_mlflow(evaluations, mlflow_log)
-    mlflow_log.finish()
+    log_to_mlflow(evaluations, tracker)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = stage_parser(__doc__.splitlines()[0]).parse_args(argv)
     params = load_params(args.params)
     uri = tracking.tracking_uri(os.environ, Path.cwd())
-    with tracking.LogLater(uri) as mlflow_log:  # MLflow loads while we evaluate
-        evaluate_all(params, mlflow_log)
+    with tracking.Tracker(uri) as tracker:  # MLflow loads while we evaluate
+        evaluate_all(params, tracker)
 
 
 if __name__ == "__main__":

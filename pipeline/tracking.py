@@ -6,6 +6,10 @@ repository - SQLite `mlflow.db` with artifacts in `mlruns/` - so that plain
 `mlflow ui` started there shows every run. DVC sets DVC_ROOT to the main
 repository also when it runs a stage in a temporary copy (`dvc exp run
 --temp`, queued experiments), so runs are never lost with the copy.
+
+The stages make these calls through a Tracker: a helper process (this
+module, run as `python -m pipeline.tracking`) that imports MLflow and makes
+the calls on the second core while the stage computes on the first.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import gc
 import hashlib
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -25,7 +30,7 @@ import uuid
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from filelock import FileLock
 
@@ -258,39 +263,115 @@ def log_to_run(
     return True
 
 
-class LogLater:
-    """log_to_run calls made by a helper process (`python -m pipeline.tracking`).
+class Reply:
+    """A helper's answer to one request, read when first needed."""
 
-    Importing MLflow and opening its SQL store cost about 2 s of CPU.
-    evaluate and visualize only log at their end, so they start the helper
-    first: it imports MLflow on the second core while the stage works, then
-    makes the calls queued with `log_to_run`, in order, when `finish` sends
-    them. Its messages go to the stage's stderr. Leaving the `with` block
-    without `finish` (an error, Ctrl-C) stops the helper, which until then
-    has only read from the store.
+    def __init__(self, tracker: Tracker) -> None:
+        self.tracker = tracker
+        self.done = False
+        self.value: Any = None
+        self.error: str | None = None
+
+    def result(self) -> Any:
+        while not self.done:
+            self.tracker._read_reply()
+        if self.error is not None:
+            raise PipelineError(self.error)
+        return self.value
+
+
+class Tracker:
+    """The stage's MLflow calls, made in order by a helper process
+    (`python -m pipeline.tracking`).
+
+    Importing MLflow and opening its SQL store cost about 2 s of CPU, and
+    logging a model in the pt2 format another second for torch.export. On
+    two cores that need not delay the stage: the helper does it on the
+    second core while the stage loads data and trains on the first. Requests
+    are sent as JSON lines and made in order; the few that return something
+    (a run id, a model URI) give a Reply, read when its value is needed.
+    The helper's messages go to the stage's stderr. If a request fails, the
+    helper skips the rest and the next Reply, or `close`, raises
+    PipelineError. Leaving the `with` block on an error stops the helper
+    after it ended any open run (KILLED when the stage did not end it).
     """
 
     def __init__(self, uri: str) -> None:
+        check_reachable(uri)  # a dead server fails the stage now, not the helper later
         self.uri = uri
-        self.requests: list[dict[str, Any]] = []
+        self.pending: list[Reply] = []
         self.process = subprocess.Popen(
             [sys.executable, "-m", "pipeline.tracking"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
         )
-        # The store first, so that the helper opens it while the stage works.
-        assert self.process.stdin is not None
-        self.process.stdin.write(json.dumps(uri) + "\n")
-        self.process.stdin.flush()
+        self.closed = False
+        self._send("open", uri=uri)
 
-    def __enter__(self) -> LogLater:
+    def __enter__(self) -> Tracker:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        if self.process.poll() is None:
+    def __exit__(self, kind: type | None, *rest: object) -> None:
+        if kind is None:
+            self.close()
+            return
+        with contextlib.suppress(OSError):
+            self.process.stdin.close()  # the helper ends an open run, then exits
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
             self.process.kill()
-        self.process.communicate()  # reap it and close the pipes
+            self.process.wait()
+
+    def _send(self, op: str, **request: Any) -> None:
+        """A request whose only answer is success (checked by a later Reply)."""
+        try:
+            self.process.stdin.write(json.dumps({"op": op, **request}) + "\n")
+            self.process.stdin.flush()
+        except OSError:  # the helper is gone
+            self._failed()
+
+    def _ask(self, op: str, **request: Any) -> Reply:
+        """A request the helper answers (REPLIES)."""
+        self._send(op, **request)
+        answer = Reply(self)
+        self.pending.append(answer)
+        return answer
+
+    def _read_reply(self) -> None:
+        line = self.process.stdout.readline()
+        if not line:
+            self._failed()
+        answer = json.loads(line)
+        oldest = self.pending.pop(0)
+        oldest.value, oldest.error = answer.get("result"), answer.get("error")
+        oldest.done = True
+
+    def _failed(self) -> NoReturn:
+        status = self.process.wait()
+        raise PipelineError(
+            f"the MLflow helper for {self.uri} stopped (exit status {status}); see above"
+        )
+
+    def close(self) -> None:
+        """Wait until every request was made; PipelineError if one failed."""
+        if self.closed:
+            return
+        self.closed = True
+        for answer in list(self.pending):
+            answer.result()
+        self.process.stdin.close()
+        rest = self.process.stdout.read()
+        if self.process.wait() != 0 or rest.strip():
+            message = json.loads(rest).get("error") if rest.strip() else None
+            raise PipelineError(message or f"the MLflow helper for {self.uri} failed")
+
+    def prepare_model_logging(self) -> None:
+        """Have the helper load what RemoteRun.log_model needs (about 2 s),
+        so that logging the final model does not wait for it. Send it after
+        the first run started: the stage waits for that run's id."""
+        self._send("prepare_model_logging")
 
     def log_to_run(
         self,
@@ -300,87 +381,210 @@ class LogLater:
         dicts: dict[str, Any] | None = None,
         files: Sequence[Path] = (),
         folder: str | None = None,
-    ) -> None:
-        """Queue `log_to_run(uri, run_id, ...)` for `finish`."""
+    ) -> Reply:
+        """`log_to_run(uri, run_id, ...)`; the Reply says whether the run was there."""
         paths = [str(Path(f).resolve()) for f in files]
-        request = {"run_id": run_id, "metrics": metrics, "dicts": dicts, "files": paths}
-        self.requests.append(request | {"folder": folder})
+        return self._ask("log_to_run", run_id=run_id, metrics=metrics,
+                          dicts=dicts, files=paths, folder=folder)  # fmt: skip
 
-    def finish(self) -> list[bool]:
-        """Make the queued calls; their results, or PipelineError if the helper failed."""
-        out, _ = self.process.communicate(json.dumps(self.requests))
-        if self.process.returncode != 0:
-            raise PipelineError(
-                f"logging to the MLflow store {self.uri} failed "
-                f"(helper exit status {self.process.returncode}); see the messages above"
-            )
-        return json.loads(out)
+    @contextlib.contextmanager
+    def run(
+        self, experiment: str, name: str, tags: dict[str, str], params: dict[str, Any]
+    ) -> Iterator[RemoteRun]:
+        """A run in `experiment` (by name, created if needed), as start_run
+        opens and ends it: FINISHED, KILLED when interrupted, FAILED with
+        the tag `failure_reason` otherwise."""
+        logged = {key: str(value) for key, value in params.items()}
+        started = self._ask("start_run", experiment=experiment, name=name,
+                             tags=tags, params=logged)  # fmt: skip
+        run = RemoteRun(self, started)
+        try:
+            yield run
+        except KeyboardInterrupt:
+            run.end("KILLED", "interrupted")
+            raise
+        except BaseException as err:
+            run.end("FAILED", str(err) or type(err).__name__)
+            raise
+        run.end("FINISHED")
+
+
+class RemoteRun:
+    """A run opened through a Tracker; the same methods as Run."""
+
+    def __init__(self, tracker: Tracker, started: Reply) -> None:
+        self.tracker, self.started = tracker, started
+
+    @property
+    def run_id(self) -> str:
+        return self.started.result()["run_id"]
+
+    @property
+    def experiment_id(self) -> str:
+        return self.started.result()["experiment_id"]
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        self.tracker._send("log_epoch", epoch=epoch, metrics=metrics)
+
+    def log_file(self, path: Path, folder: str) -> None:
+        """Log a file; it must stay where it is until the tracker is closed."""
+        self.tracker._send("log_file", path=str(path.resolve()), folder=folder)
+
+    def log_dataset(self, source: Path, digests: dict[str, str]) -> None:
+        self.tracker._send("log_dataset", source=str(source.resolve()), digests=digests)
+
+    def log_model(self, checkpoint: Path, example: torch.Tensor) -> Reply:
+        """Log the checkpoint's model (see Run.log_model); the Reply is its URI.
+        The checkpoint must stay where it is until the Reply is read."""
+        return self.tracker._ask("log_model", checkpoint=str(checkpoint.resolve()),
+                                  example=example.tolist())  # fmt: skip
+
+    def end(self, status: str, reason: str | None = None) -> None:
+        """End the run (and wait for every request made in it); when
+        reporting a failure, never raise over it."""
+        if status == "FINISHED":
+            self.tracker._ask("end_run", status=status, reason=reason).result()
+            return
+        try:
+            self.tracker._ask("end_run", status=status, reason=reason).result()
+        except PipelineError as err:
+            log.warning("could not mark the MLflow run %s: %s", status, err)
+
+
+class _Helper:
+    """The Tracker's helper: one MLflow store, at most one open run."""
+
+    def __init__(self) -> None:
+        self.uri = ""
+        self.run: Run | None = None
+        self.failure: str | None = None  # after one, requests are skipped
+
+    def open(self, uri: str) -> None:
+        from mlflow.exceptions import MlflowException
+        from mlflow.tracking import MlflowClient
+
+        self.uri = uri
+        db = sqlite_path(uri)
+        if db is None or db.exists():  # never created here: prepare_experiment does that
+            with contextlib.suppress(MlflowException):
+                _ = MlflowClient(uri)._tracking_client.store  # later clients reuse it
+
+    def prepare_model_logging(self) -> None:
+        # Both are private and only save time: a change in torch or MLflow
+        # makes the first log_model slower, not wrong.
+        with contextlib.suppress(Exception):
+            import torch.export._trace  # noqa: F401 - export's tracer: torch._dynamo, ~1 s
+        import mlflow.pytorch  # noqa: F401
+        from mlflow.utils import requirements_utils
+
+        # log_model checks the pinned requirements against the installed
+        # packages; the map of those it builds on first use takes ~0.6 s.
+        with contextlib.suppress(Exception):
+            requirements_utils._init_packages_to_modules_map()
+
+        from pipeline import checkpoint  # noqa: F401
+
+    def start_run(self, experiment: str, name: str, tags: dict, params: dict) -> dict:
+        experiment_id = prepare_experiment(self.uri, experiment)
+        self.run = begin_run(self.uri, experiment_id, name, tags, params)
+        return {"run_id": self.run.run_id, "experiment_id": experiment_id}
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        self._open_run().log_epoch(epoch, metrics)
+
+    def log_file(self, path: str, folder: str) -> None:
+        self._open_run().log_file(Path(path), folder)
+
+    def log_dataset(self, source: str, digests: dict[str, str]) -> None:
+        self._open_run().log_dataset(Path(source), digests)
+
+    def log_model(self, checkpoint: str, example: list) -> str:
+        import torch
+
+        from pipeline.checkpoint import load_checkpoint
+
+        model, _ = load_checkpoint(Path(checkpoint))
+        return self._open_run().log_model(model, torch.tensor(example, dtype=torch.float32))
+
+    def end_run(self, status: str, reason: str | None) -> None:
+        self._open_run()
+        self.run = None
+        end_run(status, reason)
+
+    def log_to_run(self, run_id: str, metrics, dicts, files: list[str], folder) -> bool:
+        return log_to_run(self.uri, run_id, metrics=metrics, dicts=dicts,
+                          files=[Path(f) for f in files], folder=folder)  # fmt: skip
+
+    def _open_run(self) -> Run:
+        if self.run is None:
+            raise PipelineError("no MLflow run is open")
+        return self.run
+
+
+REPLIES = {"start_run", "log_model", "end_run", "log_to_run"}  # requests answered
 
 
 def _serve(stdin: Any = sys.stdin, stdout: Any = sys.stdout) -> int:
-    """The LogLater helper. Reads the store's URI, imports MLflow and opens
-    the store if it exists, then reads the calls (none: the stage gave up),
-    makes them and prints their results."""
+    """The Tracker's helper: make each request read from stdin, in order;
+    answer those in REPLIES on stdout. After a failed request the rest are
+    skipped and answered with its error. At the end of stdin, a run left open
+    ends FAILED (after such an error) or KILLED (the stage died)."""
     # Ctrl-C in a terminal reaches the whole process group: the stage decides.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    uri = json.loads(stdin.readline() or "null")
-    if not uri:
-        return 0
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
-    db = sqlite_path(uri)
-    if db is None or db.exists():  # never create a store here; log_to_run warns
-        with contextlib.suppress(MlflowException):
-            _ = MlflowClient(uri)._tracking_client.store  # later clients reuse it
-    text = stdin.read()
-    if not text:
-        return 0
-    try:
-        results = [
-            log_to_run(
-                uri,
-                r["run_id"],
-                metrics=r["metrics"],
-                dicts=r["dicts"],
-                files=[Path(f) for f in r["files"]],
-                folder=r["folder"],
-            )
-            for r in json.loads(text)
-        ]
-    except (MlflowException, OSError) as err:
-        print(f"MLflow store {uri}: {err}", file=sys.stderr)
+    helper = _Helper()
+
+    def answer(message: dict) -> None:
+        print(json.dumps(message), file=stdout, flush=True)
+
+    for line in iter(stdin.readline, ""):
+        request = json.loads(line)
+        op = request.pop("op")
+        if helper.failure is None:
+            try:
+                result = getattr(helper, op)(**request)
+            except (MlflowException, PipelineError, OSError) as err:
+                message = getattr(err, "message", None) or str(err)
+                helper.failure = f"MLflow ({op}): {message}"
+                print(helper.failure, file=sys.stderr)
+        if op in REPLIES:
+            answer({"error": helper.failure} if helper.failure else {"result": result})
+    if helper.run is not None:  # FAILED by our error, or KILLED: the stage died
+        reason = helper.failure or "the stage stopped before ending its run"
+        with contextlib.suppress(Exception):
+            end_run("FAILED" if helper.failure else "KILLED", reason)
+    if helper.failure:
+        answer({"error": helper.failure})
         return 1
-    print(json.dumps(results), file=stdout, flush=True)
     return 0
 
 
-@contextlib.contextmanager
-def start_run(
+def begin_run(
     uri: str, experiment_id: str, name: str, tags: dict[str, str], params: dict[str, Any]
-) -> Iterator[Run]:
-    """Open a run. It ends FINISHED; KILLED when interrupted (Ctrl-C, SIGTERM);
-    FAILED otherwise, with the reason in the tag `failure_reason`. No run is
-    left RUNNING."""
+) -> Run:
+    """Open a run (MLflow's active run in this process) with tags and params."""
     import mlflow
 
     mlflow.set_tracking_uri(uri)
     active = mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=tags)
     try:
         mlflow.log_params({key: str(value) for key, value in params.items()})
-        yield Run(active.info.run_id)
-    except KeyboardInterrupt:
-        _end(mlflow, "KILLED", "interrupted")
-        raise
     except BaseException as err:
-        _end(mlflow, "FAILED", str(err) or type(err).__name__)
+        end_run("FAILED", str(err) or type(err).__name__)
         raise
-    mlflow.end_run("FINISHED")
+    return Run(active.info.run_id)
 
 
-def _end(mlflow: Any, status: str, reason: str) -> None:
-    """Close the active run with `status`; a problem doing so is logged, never
-    raised over the failure being reported."""
+def end_run(status: str, reason: str | None = None) -> None:
+    """End the active run with `status`. With a `reason` (a failure being
+    reported, in the tag `failure_reason`), a problem doing so is logged,
+    never raised over the failure."""
+    import mlflow
+
+    if reason is None:
+        mlflow.end_run(status)
+        return
     try:
         mlflow.set_tag("failure_reason", reason[:5000])  # MLflow's limit for a tag value
         mlflow.end_run(status)
@@ -388,10 +592,34 @@ def _end(mlflow: Any, status: str, reason: str) -> None:
         log.warning("could not mark the MLflow run %s: %s", status, err)
 
 
+@contextlib.contextmanager
+def start_run(
+    uri: str, experiment_id: str, name: str, tags: dict[str, str], params: dict[str, Any]
+) -> Iterator[Run]:
+    """Open a run in this process. It ends FINISHED; KILLED when interrupted
+    (Ctrl-C, SIGTERM); FAILED otherwise, with the reason in the tag
+    `failure_reason`. No run is left RUNNING. (Stages use Tracker.run, the
+    same in a helper process.)"""
+    run = begin_run(uri, experiment_id, name, tags, params)
+    try:
+        yield run
+    except KeyboardInterrupt:
+        end_run("KILLED", "interrupted")
+        raise
+    except BaseException as err:
+        end_run("FAILED", str(err) or type(err).__name__)
+        raise
+    end_run("FINISHED")
+
+
 if __name__ == "__main__":
     from pipeline.cli import configure_logging
 
     configure_logging()
-    status = _serve()
+    # Replies get stdout to themselves: whatever else prints there (MLflow
+    # announces each run it ends) goes to stderr with the other messages.
+    replies = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    status = _serve(sys.stdin, replies)
     gc.freeze()  # as run_stage does: no last collection at exit
     sys.exit(status)

@@ -22,7 +22,6 @@ from pipeline import paths, tracking
 from pipeline.checkpoint import (
     checkpoint_path,
     make_checkpoint,
-    model_from_checkpoint,
     save_checkpoint,
 )
 from pipeline.cli import run_stage, stage_parser
@@ -98,10 +97,18 @@ class Progress:
 
 
 def train_seed(
-    variant: str, seed: int, params: Params, data: DeviceData, info: dict, run: tracking.Run
+    variant: str,
+    seed: int,
+    params: Params,
+    data: DeviceData,
+    info: dict,
+    run: tracking.RemoteRun,
+    scratch: Path,
 ) -> tuple[DeepMLP, list[EpochRecord]]:
     """Train one model; log each epoch's metrics and checkpoint (carrying
-    `info`) to the run. Returns the model and its history."""
+    `info` and the run id) to the run. The checkpoints are written to
+    `scratch`, which must outlive the run (the tracker logs them later).
+    Returns the model and its history."""
     torch.manual_seed(seed)  # the same initial weights for both variants
     model = DeepMLP(params.model.depth, params.model.width, VARIANTS[variant])
     model.to(data.train_x.device)
@@ -122,11 +129,10 @@ def train_seed(
             record.epoch_seconds,
         )
         run.log_epoch(record.epoch, record.metrics())
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp, f"epoch_{record.epoch:03d}.pt")
-            save_checkpoint(path, make_checkpoint(model, epoch=record.epoch,
-                                                  metrics=record.metrics(), **info))  # fmt: skip
-            run.log_file(path, "checkpoints")
+        path = scratch / f"epoch_{record.epoch:03d}.pt"
+        save_checkpoint(path, make_checkpoint(model, epoch=record.epoch, metrics=record.metrics(),
+                                              mlflow_run_id=run.run_id, **info))  # fmt: skip
+        run.log_file(path, "checkpoints")
 
     batches = len(batch_starts(len(data.train_x), t.batch_size))
     try:
@@ -156,12 +162,11 @@ def train_variant(
     data: DeviceData,
     digests: dict[str, str],
     out_dir: Path,
-    tracking_at: tuple[str, str],
+    tracker: tracking.Tracker,
 ) -> dict[int, list[EpochRecord]]:
-    """Train every seed, one MLflow run each in (tracking URI, experiment id);
-    build out_dir in a staging folder and swap it in at the end, so a failure
+    """Train every seed, one MLflow run each (through `tracker`); build
+    out_dir in a staging folder and swap it in at the end, so a failure
     leaves no partial set of models."""
-    uri, experiment_id = tracking_at
     execution = tracking.pipeline_run_id(os.environ)
     device = describe_device(data.train_x.device)
     logged_params = (
@@ -184,27 +189,38 @@ def train_variant(
     staging = staging_dir(out_dir)
     histories: dict[int, list[EpochRecord]] = {}
     runs = {}
+    experiment_id = None
     try:
         for seed in params.train.seeds:
             tags = tracking.run_tags(variant, seed, device, execution, os.environ, Path.cwd())
             name = f"{variant}-seed{seed}"
-            with tracking.start_run(uri, experiment_id, name, tags, logged_params) as run:
+            # The epoch checkpoints stay until the run has ended: the
+            # tracker's helper logs them after we moved on.
+            with (
+                tempfile.TemporaryDirectory() as scratch,
+                tracker.run(params.tracking.experiment, name, tags, logged_params) as run,
+            ):
+                if params.tracking.log_model and seed == params.train.seeds[0]:
+                    tracker.prepare_model_logging()
                 run.log_dataset(paths.MNIST_RAW_DIR, digests)
                 run.log_file(paths.DIGESTS_FILE, "data")
-                seed_info = info | {"seed": seed, "mlflow_run_id": run.run_id}
-                model, history = train_seed(variant, seed, params, data, seed_info, run)
+                seed_info = info | {"seed": seed}
+                model, history = train_seed(
+                    variant, seed, params, data, seed_info, run, Path(scratch)
+                )
                 final = make_checkpoint(model, epoch=history[-1].epoch,
-                                        metrics=history[-1].metrics(), **seed_info)  # fmt: skip
+                                        metrics=history[-1].metrics(),
+                                        mlflow_run_id=run.run_id, **seed_info)  # fmt: skip
                 save_checkpoint(checkpoint_path(staging, seed), final)
-                model_uri = None
-                if params.tracking.log_model:
-                    # a standalone copy: the trained weights are views into one buffer
-                    standalone = model_from_checkpoint(final)
-                    model_uri = run.log_model(standalone, data.test_x[:5].cpu())
+                logged = None
+                if params.tracking.log_model:  # from the file: read before staging moves
+                    logged = run.log_model(checkpoint_path(staging, seed), data.test_x[:5].cpu())
                 histories[seed] = history
+                model_uri = logged.result() if logged else None
                 runs[str(seed)] = {"run_id": run.run_id, "model_uri": model_uri}
+                experiment_id = run.experiment_id
         atomic_write_json(staging / paths.HISTORY_NAME, history_table(histories))
-        record = {"tracking_uri": uri, "experiment_id": experiment_id,
+        record = {"tracking_uri": tracker.uri, "experiment_id": experiment_id,
                   "pipeline_run_id": execution, "runs": runs}  # fmt: skip
         atomic_write_json(staging / paths.RUNS_NAME, record)
         replace_dir(staging, out_dir)
@@ -221,12 +237,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     device = select_device(params.train.device)
     use_cuda_graph(params.train.cuda_graph, device)  # a bad setting fails here, not later
     configure_threads(params.train.cpu_threads)
-    uri = tracking.tracking_uri(os.environ, Path.cwd())  # a dead server fails here, first
-    experiment_id = tracking.prepare_experiment(uri, params.tracking.experiment)
-    digests = verified_digests(paths.RAW_DIR, params.data.verify)
-    data = to_device(load_mnist(paths.RAW_DIR), device)
-    out_dir = paths.MODELS_DIR / args.variant
-    histories = train_variant(args.variant, params, data, digests, out_dir, (uri, experiment_id))
+    uri = tracking.tracking_uri(os.environ, Path.cwd())
+    # MLflow (and torch.export, for log_model) load in the tracker's helper
+    # process while this one reads the data and trains. A dead server fails here.
+    with tracking.Tracker(uri) as tracker:
+        digests = verified_digests(paths.RAW_DIR, params.data.verify)
+        data = to_device(load_mnist(paths.RAW_DIR), device)
+        out_dir = paths.MODELS_DIR / args.variant
+        histories = train_variant(args.variant, params, data, digests, out_dir, tracker)
     atomic_write_json(paths.TRAIN_REPORTS_DIR / f"{args.variant}.json", summarize(histories))
     atomic_write_text(paths.TRAIN_REPORTS_DIR / f"{args.variant}.csv", plot_table(histories))
 

@@ -48,11 +48,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = stage_parser(__doc__.splitlines()[0]).parse_args(argv)
     params = load_params(args.params).visualize
     uri = tracking.tracking_uri(os.environ, Path.cwd())
-    with tracking.LogLater(uri) as mlflow_log:  # MLflow loads while we draw
-        draw_all(params, mlflow_log)
+    with tracking.Tracker(uri) as tracker:  # MLflow loads while we draw
+        draw_all(params, tracker)
 
 
-def draw_all(params: VisualizeParams, mlflow_log: tracking.LogLater) -> None:
+def draw_all(params: VisualizeParams, tracker: tracking.Tracker) -> None:
     """Draw the figures, write the report, then log them to every run."""
     images, labels = load_split(paths.RAW_DIR, train=False)
     if params.sample_index >= len(images):
@@ -112,8 +112,7 @@ def draw_all(params: VisualizeParams, mlflow_log: tracking.LogLater) -> None:
     log.info("wrote %d figures, %s and %s", len(written), paths.REPORT_MD, paths.REPORT_HTML)
     for variant in VARIANTS:
         for run_id in tracking.recorded_runs(paths.MODELS_DIR / variant / paths.RUNS_NAME).values():
-            mlflow_log.log_to_run(run_id, files=[*written, paths.REPORT_HTML], folder="report")
-    mlflow_log.finish()
+            tracker.log_to_run(run_id, files=[*written, paths.REPORT_HTML], folder="report")
 
 
 if __name__ == "__main__":

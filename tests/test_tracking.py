@@ -136,18 +136,18 @@ def finished_run(uri: str) -> str:
         return run.run_id
 
 
-def test_log_later_makes_the_queued_calls_in_the_helper(tmp_path: Path) -> None:
+def test_the_tracker_makes_the_requests_in_its_helper(tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     run_id = finished_run(uri)
     figure = tmp_path / "figure.png"
     figure.write_bytes(b"png")
-    with tracking.LogLater(uri) as later:
-        later.log_to_run(run_id, metrics={"eval/x": 0.5}, dicts={"d/c.json": [[1, 2]]})
-        later.log_to_run("0" * 32, metrics={"eval/x": 1.0})  # not in the store: skipped
-        later.log_to_run(run_id, files=[figure], folder="report")
-        assert later.finish() == [True, False, True]
+    with tracking.Tracker(uri) as tracker:
+        first = tracker.log_to_run(run_id, metrics={"eval/x": 0.5}, dicts={"d/c.json": [[1, 2]]})
+        missing = tracker.log_to_run("0" * 32, metrics={"eval/x": 1.0})  # not in the store
+        last = tracker.log_to_run(run_id, files=[figure], folder="report")
+    assert [first.result(), missing.result(), last.result()] == [True, False, True]
     client = MlflowClient(uri)
     run = client.get_run(run_id)
     assert run.data.metrics == {"eval/x": 0.5} and run.info.status == "FINISHED"
@@ -155,32 +155,100 @@ def test_log_later_makes_the_queued_calls_in_the_helper(tmp_path: Path) -> None:
     assert json.loads(Path(client.download_artifacts(run_id, "d/c.json")).read_text()) == [[1, 2]]
 
 
-def test_leaving_log_later_without_finishing_logs_nothing(tmp_path: Path) -> None:
+def test_a_tracker_run_is_logged_and_ended_like_start_run(tmp_path: Path) -> None:
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.checkpoint import make_checkpoint, save_checkpoint
+    from pipeline.model import DeepMLP
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    model = DeepMLP(2, 8, batchnorm=True).eval()
+    save_checkpoint(tmp_path / "final.pt", make_checkpoint(model))
+    example = torch.rand(3, 784)
+    with tracking.Tracker(uri) as tracker:
+        with tracker.run("e", "r", {"variant": "bn"}, {"lr": 0.1}) as run:
+            tracker.prepare_model_logging()
+            run.log_epoch(1, {"loss": 2.0})
+            run.log_epoch(2, {"loss": 1.0})
+            run.log_file(tmp_path / "final.pt", "checkpoints")
+            model_uri = run.log_model(tmp_path / "final.pt", example)
+        run_id = run.run_id
+    client = MlflowClient(uri)
+    logged = client.get_run(run_id)
+    assert logged.info.status == "FINISHED"
+    assert logged.data.params == {"lr": "0.1"} and logged.data.tags["variant"] == "bn"
+    assert [m.value for m in client.get_metric_history(run_id, "loss")] == [2.0, 1.0]
+    assert [f.path for f in client.list_artifacts(run_id, "checkpoints")] == [
+        "checkpoints/final.pt"
+    ]
+    import mlflow.pytorch
+
+    mlflow.set_tracking_uri(uri)
+    loaded = mlflow.pytorch.load_model(model_uri.result())
+    assert torch.equal(loaded(example).argmax(1), model(example).argmax(1))
+
+
+@pytest.mark.parametrize(
+    ("error", "status"), [(KeyboardInterrupt, "KILLED"), (RuntimeError, "FAILED")]
+)
+def test_a_tracker_run_left_by_an_error_ends_killed_or_failed(
+    tmp_path: Path, error: type[BaseException], status: str
+) -> None:
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    run_id = finished_run(uri)
-    with pytest.raises(RuntimeError, match="the stage failed"), tracking.LogLater(uri) as later:
-        later.log_to_run(run_id, metrics={"eval/x": 0.5})
-        raise RuntimeError("the stage failed")
-    assert later.process.returncode is not None  # stopped and reaped, not left running
-    assert MlflowClient(uri).get_run(run_id).data.metrics == {}
+    with (
+        pytest.raises(error),
+        tracking.Tracker(uri) as tracker,
+        tracker.run("e", "r", {}, {}) as run,
+    ):
+        run.log_epoch(1, {"loss": 2.0})
+        raise error("the stage failed")
+    assert tracker.process.returncode == 0  # stopped and reaped, not left running
+    logged = MlflowClient(uri).get_run(run.run_id)
+    assert logged.info.status == status
+    expected = "interrupted" if error is KeyboardInterrupt else "the stage failed"
+    assert logged.data.tags["failure_reason"] == expected
 
 
-def test_log_later_never_creates_a_store(tmp_path: Path) -> None:
+def test_a_run_the_stage_never_ended_is_killed_by_the_helper(tmp_path: Path) -> None:
+    # The stage died (SIGKILL) mid-run: its helper sees stdin close and ends the run.
+    from mlflow.tracking import MlflowClient
+
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    with tracking.LogLater(uri) as later:
-        later.log_to_run("0" * 32, metrics={"x": 1.0})
-        assert later.finish() == [False]
+    tracker = tracking.Tracker(uri)
+    run = tracking.RemoteRun(tracker, tracker._ask("start_run", experiment="e", name="r",
+                                                   tags={}, params={}))  # fmt: skip
+    run_id = run.run_id
+    tracker.process.stdin.close()
+    assert tracker.process.wait(timeout=60) == 0
+    logged = MlflowClient(uri).get_run(run_id)
+    assert logged.info.status == "KILLED"
+    assert logged.data.tags["failure_reason"] == "the stage stopped before ending its run"
+
+
+def test_the_tracker_never_creates_a_store_to_log_to_a_run(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    with tracking.Tracker(uri) as tracker:
+        answer = tracker.log_to_run("0" * 32, metrics={"x": 1.0})
+    assert answer.result() is False
     assert not (tmp_path / "mlflow.db").exists()
 
 
-def test_a_failing_helper_is_a_pipeline_error(tmp_path: Path) -> None:
+def test_a_failed_request_is_a_pipeline_error_naming_it(tmp_path: Path) -> None:
     from pipeline.errors import PipelineError
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    run_id = finished_run(uri)
-    with tracking.LogLater(uri) as later:
-        later.log_to_run(run_id, files=[tmp_path / "gone.png"])
-        with pytest.raises(PipelineError, match=r"logging to the MLflow store .* failed"):
-            later.finish()
+    with (
+        pytest.raises(PipelineError, match=r"MLflow \(log_file\): .*gone\.png"),
+        tracking.Tracker(uri) as tracker,
+        tracker.run("e", "r", {}, {}) as run,
+    ):
+        run.log_file(tmp_path / "gone.png", "x")
+        run.log_epoch(1, {"loss": 1.0})  # skipped: the helper stopped at the error
+    from mlflow.tracking import MlflowClient
+
+    logged = MlflowClient(uri).get_run(run.run_id)
+    assert logged.info.status == "FAILED"
+    assert "gone.png" in logged.data.tags["failure_reason"]
