@@ -28,8 +28,22 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C so that the same clean-up runs for both."""
 
 
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise Terminated
+_received: list[int] = []  # the signals this process got, in order
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    _received.append(signum)
+    raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+
+
+def raise_if_interrupted() -> None:
+    """Raise an interrupt again if its first exception was lost. A signal
+    that lands while Python runs a finalizer (a __del__ method or weakref
+    callback, run by the garbage collector at any point) raises there, and
+    Python prints that exception as "ignored" and goes on. Long loops call
+    this now and then, so that Ctrl-C or SIGTERM stops them regardless."""
+    if _received:
+        raise Terminated if _received[-1] == signal.SIGTERM else KeyboardInterrupt
 
 
 def configure_logging() -> None:
@@ -50,7 +64,8 @@ def run_stage(
     # stays off in our processes unless the user decided otherwise.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     configure_logging()
-    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         main(argv)
     except PipelineError as err:

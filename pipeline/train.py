@@ -24,7 +24,7 @@ from pipeline.checkpoint import (
     make_checkpoint,
     save_checkpoint,
 )
-from pipeline.cli import run_stage, stage_parser
+from pipeline.cli import raise_if_interrupted, run_stage, stage_parser
 from pipeline.device import configure_threads, describe_device, select_device, use_cuda_graph
 from pipeline.errors import PipelineError
 from pipeline.files import (
@@ -86,6 +86,7 @@ class Progress:
         self.bar: tqdm | None = None
 
     def __call__(self, epoch: int, done: int, loss: float) -> None:
+        raise_if_interrupted()  # called every PROGRESS_EVERY batches
         if self.bar is None:
             desc = f"{self.label} epoch {epoch}/{self.epochs}"
             self.bar = tqdm(total=self.batches, desc=desc, unit="batch", leave=False, disable=None)
@@ -118,6 +119,7 @@ def train_seed(
     label = f"{variant}-seed{seed}"
 
     def on_epoch(record: EpochRecord) -> None:
+        raise_if_interrupted()
         log.info(
             "%s epoch %d/%d: train_loss %.4f test_loss %.4f test_accuracy %.2f%% (%.1f s)",
             label,

@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 
-from pipeline import download, paths
+from pipeline import cli, download, paths
 from pipeline.errors import PipelineError
 from pipeline.model import DeepMLP
 from pipeline.params import DataParams
@@ -300,6 +300,32 @@ def long_training(tmp_path: Path) -> Path:
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     assert stage(tmp_path, "download").returncode == 0
     return tmp_path
+
+
+@pytest.mark.parametrize(("how", "expected"), [(signal.SIGINT, KeyboardInterrupt),
+                                                (signal.SIGTERM, cli.Terminated)])  # fmt: skip
+def test_an_interrupt_lost_in_a_finalizer_is_raised_again(
+    monkeypatch: pytest.MonkeyPatch, how: signal.Signals, expected: type[BaseException]
+) -> None:
+    # A signal that lands in a __del__ raises there, and Python only prints
+    # it ("Exception ignored"); the training loop would go on for good.
+    lost = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda info: lost.append(info.exc_type))
+    monkeypatch.setattr(cli, "_received", [])
+
+    class Finalized:
+        def __del__(self) -> None:
+            cli._interrupt(how, None)
+
+    Finalized()
+    assert lost == [expected]  # swallowed, as Python does
+    with pytest.raises(expected):
+        cli.raise_if_interrupted()  # what the training loop calls every 50 batches
+
+
+def test_nothing_to_raise_without_a_signal(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli, "_received", [])
+    cli.raise_if_interrupted()
 
 
 @pytest.mark.parametrize(("how", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
