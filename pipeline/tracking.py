@@ -307,6 +307,7 @@ class Tracker:
             text=True,
         )
         self.closed = False
+        self.opened_run = False  # whether the helper may have a run to end
         self._send("open", uri=uri)
 
     def __enter__(self) -> Tracker:
@@ -316,6 +317,8 @@ class Tracker:
         if kind is None:
             self.close()
             return
+        if not self.opened_run:  # nothing to end: do not wait for its imports
+            self.process.kill()
         with contextlib.suppress(OSError):
             self.process.stdin.close()  # the helper ends an open run, then exits
         try:
@@ -395,6 +398,7 @@ class Tracker:
         opens and ends it: FINISHED, KILLED when interrupted, FAILED with
         the tag `failure_reason` otherwise."""
         logged = {key: str(value) for key, value in params.items()}
+        self.opened_run = True
         started = self._ask("start_run", experiment=experiment, name=name,
                              tags=tags, params=logged)  # fmt: skip
         run = RemoteRun(self, started)
