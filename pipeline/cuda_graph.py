@@ -4,7 +4,7 @@ On a GPU this small network is bound by kernel launches, not arithmetic:
 an eager step launches a few hundred tiny kernels from Python. Captured once,
 the step (forward, loss, backward, gradient norms, fused Adam update) is
 replayed with a single launch. The batch enters through a static index
-buffer into the device-resident dataset, so nothing but 64 indices moves.
+buffer into the device-resident dataset, so nothing but K x 64 indices move.
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ from collections.abc import Callable
 
 import torch
 
-from pipeline.model import DeepMLP
+from pipeline.model import StackedMLP
 
-# A training step, as training.training_step makes it: batch indices -> (loss, grad norms)
+# A training step, as training.training_step makes it: batch indices per seed
+# (K, B) -> (loss per seed, grad norms per layer and seed)
 Step = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
 
 WARMUP_STEPS = 3  # eager steps before capture: lazy optimizer state, library handles
@@ -23,19 +24,19 @@ WARMUP_STEPS = 3  # eager steps before capture: lazy optimizer state, library ha
 
 class CudaGraphStep:
     """`step` (from training.training_step, with a capturable optimizer)
-    captured for batches of `batch_size`. Calling it with a batch's indices
-    replays the graph; the returned loss and gradient norms are the graph's
+    captured for batches of `batch_size` per seed. Calling it with the
+    batches' indices (K, batch_size) replays the graph; the returned loss and gradient norms are the graph's
     static outputs, overwritten by the next replay."""
 
     def __init__(
         self,
         step: Step,
-        model: DeepMLP,
+        model: StackedMLP,
         optimizer: torch.optim.Optimizer,
         batch_size: int,
         device: torch.device,
     ) -> None:
-        self.index = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.index = torch.zeros(model.seeds, batch_size, dtype=torch.long, device=device)
         saved = _snapshot(model)
         # Warm up on a side stream, as capture requires; these steps change
         # weights, BatchNorm statistics and Adam's moments, so all of it is
@@ -58,12 +59,12 @@ class CudaGraphStep:
         return self.loss, self.norms
 
 
-def _snapshot(model: DeepMLP) -> dict[str, torch.Tensor]:
+def _snapshot(model: StackedMLP) -> dict[str, torch.Tensor]:
     return {name: t.detach().clone() for name, t in model.state_dict(keep_vars=True).items()}
 
 
 @torch.no_grad()
-def _restore(model: DeepMLP, optimizer: torch.optim.Optimizer, saved: dict) -> None:
+def _restore(model: StackedMLP, optimizer: torch.optim.Optimizer, saved: dict) -> None:
     """Undo the warm-up in place (the graph holds these very tensors): the
     weights and BatchNorm buffers as they were, Adam's moments and step
     counters at zero, which is exactly a fresh optimizer's first step."""

@@ -1,9 +1,13 @@
 """The fast training loop and the per-epoch diagnostics, free of I/O.
 
+Every seed of `train.seeds` trains at once, as one StackedMLP: the seeds'
+networks side by side, a batch of each seed's own order per step, one
+optimizer step for all of them. One seed is the case K = 1 of the same loop.
+
 The whole dataset lives on the training device as one float tensor; an epoch
-is a seeded permutation sliced into batches. Same maths as the classic
-DataLoader loop (x/255 as ToTensor does, reshuffled every epoch, last partial
-batch kept), without its per-sample Python work.
+is, per seed, a seeded permutation sliced into batches. Same maths as the
+classic DataLoader loop (x/255 as ToTensor does, reshuffled every epoch, last
+partial batch kept), without its per-sample Python work.
 """
 
 from __future__ import annotations
@@ -11,17 +15,16 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from pipeline.backprop import loss_and_gradients
+from pipeline.backprop import loss_and_gradients, stacked_loss
 from pipeline.cuda_graph import CudaGraphStep, Step
 from pipeline.mnist import Mnist
-from pipeline.model import DeepMLP
+from pipeline.model import DeepMLP, StackedMLP, stack
 
 # Batches between updates of the progress bar's loss: each update reads the
 # loss back from the device, which would otherwise stall a GPU every batch.
@@ -48,11 +51,13 @@ class LayerStats:
 
 @dataclass(frozen=True)
 class EpochRecord:
+    """One seed's epoch."""
+
     epoch: int
     train_loss: float  # mean over the epoch's batches
     test_loss: float  # mean per test image
     test_accuracy: float
-    epoch_seconds: float
+    epoch_seconds: float  # wall time of the epoch, all seeds together
     layers: list[LayerStats] = field(default_factory=list)
 
     def metrics(self) -> dict[str, float]:
@@ -84,6 +89,17 @@ def to_device(data: Mnist, device: torch.device) -> DeviceData:
     )
 
 
+def initial_model(depth: int, width: int, batchnorm: bool, seeds: Sequence[int]) -> StackedMLP:
+    """The StackedMLP whose network k starts as `DeepMLP(depth, width,
+    batchnorm)` made after `torch.manual_seed(seeds[k])`: the same initial
+    weights for both variants, and for a seed whatever else is in the list."""
+    models = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        models.append(DeepMLP(depth, width, batchnorm))
+    return stack(models)
+
+
 def batch_starts(count: int, batch_size: int) -> range:
     """Start index of each batch. A last batch of a single image is dropped:
     BatchNorm cannot normalise one sample, and both variants must see the same data."""
@@ -92,17 +108,18 @@ def batch_starts(count: int, batch_size: int) -> range:
 
 
 def training_step(
-    model: DeepMLP,
+    model: StackedMLP,
     optimizer: torch.optim.Optimizer,
     x: torch.Tensor,
     y: torch.Tensor,
     track_gradients: bool = True,
     use_autograd: bool = False,
 ) -> Step:
-    """The step on one batch, given by its indices into (x, y): forward,
-    cross-entropy, backward, Adam update. Returns the batch loss and, per hidden
-    layer, the L2 norm of its weight gradient (None without track_gradients),
-    as tensors on the device. The CUDA graph path captures this same function.
+    """The step on one batch per seed, given by its indices into (x, y), (K, B):
+    forward, each seed's cross-entropy, backward, Adam update. Returns each
+    seed's batch loss (K,) and, per hidden layer and seed, the L2 norm of its
+    weight gradient (depth, K) (None without track_gradients), as tensors on
+    the device. The CUDA graph path captures this same function.
 
     The backward pass is pipeline.backprop's, written out by hand; with
     use_autograd it is `loss.backward()`, the reference it equals (the
@@ -110,55 +127,68 @@ def training_step(
     they are views into one flat buffer (see make_optimizer), and a captured
     graph holds pointers to them."""
     weights = model.hidden_weights()
+    seeds = model.seeds
     if use_autograd:
 
         def backward(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-            loss = F.cross_entropy(model(images), labels)
+            losses = stacked_loss(model(images), labels)
             optimizer.zero_grad(set_to_none=False)
-            loss.backward()
-            return loss.detach()
+            losses.sum().backward()
+            return losses.detach()
     else:
         backward = loss_and_gradients(model)
 
     def step(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        loss = backward(x.index_select(0, index), y.index_select(0, index))
-        # One fused kernel for all layers (what clip_grad_norm_ uses),
-        # about half the cost of a norm() per layer.
-        norms = (
-            torch.stack(torch._foreach_norm([w.grad for w in weights])) if track_gradients else None
-        )
+        flat = index.reshape(-1)  # (K * B,): seed 0's batch, then seed 1's, ...
+        images = x.index_select(0, flat).view(seeds, -1, x.shape[1])
+        loss = backward(images, y.index_select(0, flat).view(seeds, -1))
+        norms = torch.stack([grad_norm(w.grad) for w in weights]) if track_gradients else None
         optimizer.step()
         return loss, norms
 
     return step
 
 
+def grad_norm(grad: torch.Tensor) -> torch.Tensor:
+    """Each seed's L2 norm of a stacked gradient (K, ...) -> (K,)."""
+    return torch.linalg.vector_norm(grad, dim=tuple(range(1, grad.dim())))
+
+
+def epoch_orders(
+    generators: Sequence[torch.Generator], count: int, device: torch.device
+) -> torch.Tensor:
+    """Each seed's order of the `count` images for one epoch, (K, count). The
+    permutations are drawn on the CPU so a seed gives the same order on every device."""
+    return torch.stack([torch.randperm(count, generator=g) for g in generators]).to(device)
+
+
 def train_epoch(
-    model: DeepMLP,
+    model: StackedMLP,
     step: Step,
     x: torch.Tensor,
     batch_size: int,
-    generator: torch.Generator,
+    generators: Sequence[torch.Generator],
     on_progress: Callable[[int, float], None] | None = None,
     full_batch_step: Step | None = None,
-) -> tuple[float, list[float]]:
-    """One pass over x in a fresh seeded order, `step` on each batch (or
-    `full_batch_step`, a captured CUDA graph, on every batch of full size).
+) -> tuple[list[float], list[list[float]]]:
+    """One pass over x, each seed in a fresh order from its own generator,
+    `step` on each batch (or `full_batch_step`, a captured CUDA graph, on
+    every batch of full size).
 
-    Returns the mean batch loss and, per hidden layer, the mean L2 norm of its
-    weight gradient (zeros when the step does not track them, which the
-    benchmark uses to measure their cost). Both are summed on the device and
-    read back every PROGRESS_EVERY batches.
+    Returns per seed the mean batch loss and, per hidden layer, the mean L2
+    norm of its weight gradient (zeros when the step does not track them,
+    which the benchmark uses to measure their cost). Both are summed on the
+    device and read back every PROGRESS_EVERY batches.
     """
     model.train()
-    # The permutation is drawn on the CPU so a seed gives the same order on every device.
-    order = torch.randperm(len(x), generator=generator).to(x.device)
+    orders = epoch_orders(generators, len(x), x.device)
     starts = batch_starts(len(x), batch_size)
-    losses = torch.empty(len(starts), device=x.device)  # each batch's loss, kept on the device
-    grad_sums = torch.zeros(len(model.hidden), device=x.device)
+    seeds = len(generators)
+    losses = torch.empty(len(starts), seeds, device=x.device)  # kept on the device
+    grad_sums = torch.zeros(len(model.hidden), seeds, device=x.device)
     for number, start in enumerate(starts, start=1):
-        index = order[start : start + batch_size]
-        full = full_batch_step is not None and len(index) == batch_size
+        index = orders[:, start : start + batch_size]
+        full = full_batch_step is not None and index.shape[1] == batch_size
         loss, norms = (full_batch_step if full else step)(index)
         if norms is not None:
             grad_sums += norms
@@ -167,45 +197,64 @@ def train_epoch(
             running = check_finite(losses[:number])
             if on_progress is not None:
                 on_progress(number, running)
-    return losses.mean().item(), (grad_sums / len(starts)).tolist()
+    # per seed over its own contiguous row: the same sum whatever the other seeds
+    return losses.t().contiguous().mean(1).tolist(), (grad_sums / len(starts)).t().tolist()
 
 
 class Diverged(Exception):
-    """The training loss became NaN or infinite."""
+    """A training loss became NaN or infinite."""
 
-    def __init__(self, batch: int, value: float, epoch: int | None = None) -> None:
-        super().__init__(batch, value, epoch)
-        self.batch, self.value, self.epoch = batch, value, epoch
+    def __init__(self, batch: int, value: float, seed_index: int, epoch: int | None = None) -> None:
+        super().__init__(batch, value, seed_index, epoch)
+        self.batch, self.value, self.seed_index, self.epoch = batch, value, seed_index, epoch
 
     def __str__(self) -> str:
-        return f"loss {self.value} at epoch {self.epoch}, batch {self.batch}"
+        return f"loss {self.value} at epoch {self.epoch}, batch {self.batch} (seed index {self.seed_index})"
 
 
 def check_finite(losses: torch.Tensor) -> float:
-    """The mean of the batch losses so far, or Diverged naming the first batch
-    whose loss is not finite. Reading back every PROGRESS_EVERY batches keeps
-    the device busy in between; the batch is still exact."""
+    """The mean of the batch losses so far, (batches, K), over batches and
+    seeds; or Diverged naming the first batch, and the first seed in it, whose
+    loss is not finite. Reading back every PROGRESS_EVERY batches keeps the
+    device busy in between; the batch is still exact."""
     mean = losses.mean().item()
     if math.isfinite(mean):
         return mean
-    first = int(torch.nonzero(~torch.isfinite(losses))[0])
-    raise Diverged(batch=first + 1, value=losses[first].item())
+    batch, seed_index = (int(i) for i in torch.nonzero(~torch.isfinite(losses))[0])
+    value = losses[batch, seed_index].item()
+    raise Diverged(batch=batch + 1, value=value, seed_index=seed_index)
 
 
 @torch.no_grad()
-def evaluate(model: DeepMLP, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float, list[dict]]:
-    """Mean loss and accuracy on (x, y), and per hidden layer the statistics of
-    its post-ReLU activations: mean, std and the fraction of dead units."""
+def evaluate(
+    model: StackedMLP, x: torch.Tensor, y: torch.Tensor
+) -> list[tuple[float, float, list[dict]]]:
+    """Per seed: mean loss and accuracy on (x, y), and per hidden layer the
+    statistics of its post-ReLU activations: mean, std and the fraction of
+    dead units. Read back from the device once."""
     model.eval()
-    logits, activations = model.forward_with_activations(x)
-    loss = F.cross_entropy(logits, y).item()
-    accuracy = (logits.argmax(1) == y).sum().item() / len(y)  # exact, as evaluate counts
-    layers = []
-    for a in activations:  # (N, width)
-        std, mean = torch.std_mean(a, correction=0)
-        dead = (a.amax(0) == 0).sum().item() / a.shape[1]
-        layers.append({"act_mean": mean.item(), "act_std": std.item(), "dead_fraction": dead})
-    return loss, accuracy, layers
+    logits, activations = model.forward_with_activations(x)  # (K, N, 10); (K, width, N) each
+    loss = stacked_loss(logits, y.expand(model.seeds, -1))
+    correct = (logits.argmax(2) == y).sum(1)
+    per_layer = []
+    for a in activations:
+        std, mean = torch.std_mean(a, dim=(1, 2), correction=0)
+        dead = (a.amax(2) == 0).sum(1)
+        per_layer.append(torch.stack([mean, std, dead.to(mean.dtype)]))
+    numbers = torch.stack([loss, correct.to(loss.dtype)]).tolist()
+    layers = torch.stack(per_layer).tolist()  # (depth, 3, K)
+    width = activations[0].shape[1]
+    return [
+        (
+            numbers[0][k],
+            int(numbers[1][k]) / len(y),  # exact, as evaluate counts
+            [
+                {"act_mean": m[k], "act_std": s[k], "dead_fraction": d[k] / width}
+                for m, s, d in layers
+            ],
+        )
+        for k in range(model.seeds)
+    ]
 
 
 def flatten_parameters(model: nn.Module) -> nn.Parameter:
@@ -252,45 +301,56 @@ def make_optimizer(
 
 
 def fit(
-    model: DeepMLP,
+    model: StackedMLP,
     data: DeviceData,
     *,
     epochs: int,
     batch_size: int,
     optimizer: torch.optim.Optimizer,
-    generator: torch.Generator,
-    on_epoch: Callable[[EpochRecord], None] | None = None,
+    generators: Sequence[torch.Generator],
+    on_epoch: Callable[[list[EpochRecord]], None] | None = None,
     on_progress: Callable[[int, int, float], None] | None = None,
     cuda_graph: bool = False,
-) -> list[EpochRecord]:
-    """Train for `epochs` epochs; evaluate on the test set after each. With
-    cuda_graph (CUDA only, optimizer made capturable), every full batch
-    replays one captured graph of the training step."""
+) -> list[list[EpochRecord]]:
+    """Train every seed of `model` for `epochs` epochs, seed k's batches in
+    the order of generators[k]; evaluate on the test set after each epoch.
+    Returns each seed's history; `on_epoch` gets each epoch's records, one
+    per seed. With cuda_graph (CUDA only, optimizer made capturable), every
+    full batch replays one captured graph of the training step."""
+    if len(generators) != model.seeds:
+        raise ValueError(f"{len(generators)} generators for {model.seeds} seeds")
     step = training_step(model, optimizer, data.train_x, data.train_y)
     graphed = None
     if cuda_graph:
         graphed = CudaGraphStep(step, model, optimizer, batch_size, data.train_x.device)
-    history = []
+    histories: list[list[EpochRecord]] = [[] for _ in generators]
     for epoch in range(1, epochs + 1):
         started = time.perf_counter()
         progress = functools.partial(on_progress, epoch) if on_progress else None
         try:
-            train_loss, grad_norms = train_epoch(
-                model, step, data.train_x, batch_size, generator, progress, graphed
+            train_losses, grad_norms = train_epoch(
+                model, step, data.train_x, batch_size, generators, progress, graphed
             )
         except Diverged as diverged:
             diverged.epoch = epoch
             raise
-        test_loss, test_accuracy, layers = evaluate(model, data.test_x, data.test_y)
-        record = EpochRecord(
-            epoch=epoch,
-            train_loss=train_loss,
-            test_loss=test_loss,
-            test_accuracy=test_accuracy,
-            epoch_seconds=time.perf_counter() - started,
-            layers=[LayerStats(**s, grad_norm=g) for s, g in zip(layers, grad_norms, strict=True)],
-        )
-        history.append(record)
+        evaluations = evaluate(model, data.test_x, data.test_y)
+        seconds = time.perf_counter() - started
+        records = [
+            EpochRecord(
+                epoch=epoch,
+                train_loss=train_loss,
+                test_loss=test_loss,
+                test_accuracy=test_accuracy,
+                epoch_seconds=seconds,
+                layers=[LayerStats(**s, grad_norm=g) for s, g in zip(layers, norms, strict=True)],
+            )
+            for train_loss, norms, (test_loss, test_accuracy, layers) in zip(
+                train_losses, grad_norms, evaluations, strict=True
+            )
+        ]
+        for history, record in zip(histories, records, strict=True):
+            history.append(record)
         if on_epoch is not None:
-            on_epoch(record)
-    return history
+            on_epoch(records)
+    return histories

@@ -8,8 +8,7 @@ import torch
 from pipeline.cuda_graph import _restore, _snapshot
 from pipeline.device import use_cuda_graph
 from pipeline.errors import ParamsError
-from pipeline.model import DeepMLP
-from pipeline.training import fit, make_optimizer, to_device, training_step
+from pipeline.training import fit, initial_model, make_optimizer, to_device, training_step
 
 from .test_training import synthetic_mnist
 
@@ -34,18 +33,17 @@ def test_restoring_after_warm_up_equals_a_fresh_start() -> None:
     # What CudaGraphStep does around its warm-up, checked on the CPU: after
     # the restore, the next step matches the first step of an untouched copy.
     data = to_device(synthetic_mnist(64, 16), torch.device("cpu"))
-    index = torch.arange(32)
+    index = torch.stack([torch.arange(32), torch.arange(32, 64), torch.arange(16, 48)])
 
     def model_and_optimizer():
-        torch.manual_seed(0)
-        model = DeepMLP(3, 8, batchnorm=True)
+        model = initial_model(3, 8, True, [0, 1, 2])
         return model, make_optimizer(model, 1e-2, [0.9, 0.999], 1e-8, 0.0)
 
     warmed, warmed_opt = model_and_optimizer()
     saved = _snapshot(warmed)
     step = training_step(warmed, warmed_opt, data.train_x, data.train_y)
     for _ in range(3):
-        step(torch.randperm(64)[:32])
+        step(torch.stack([torch.randperm(64)[:32] for _ in range(3)]))
     _restore(warmed, warmed_opt, saved)
     fresh, fresh_opt = model_and_optimizer()
     loss_a, _ = step(index)
@@ -57,25 +55,29 @@ def test_restoring_after_warm_up_equals_a_fresh_start() -> None:
 
 @needs_cuda
 @pytest.mark.parametrize("batchnorm", [True, False])
-def test_graph_and_eager_training_agree(batchnorm: bool) -> None:
+def test_graph_and_eager_training_agree_for_three_seeds(batchnorm: bool) -> None:
     device = torch.device("cuda")
     data = to_device(synthetic_mnist(300, 100), device)  # 300 = 9 * 32 + 12: one eager batch
+    seeds = [0, 1, 2]
 
     def train(graph: bool):
-        torch.manual_seed(0)
-        model = DeepMLP(4, 32, batchnorm).to(device)
+        model = initial_model(4, 32, batchnorm, seeds).to(device)
         optimizer = make_optimizer(model, 1e-3, [0.9, 0.999], 1e-8, 0.0, capturable=graph)
-        history = fit(model, data, epochs=3, batch_size=32, optimizer=optimizer,
-                      generator=torch.Generator().manual_seed(0), cuda_graph=graph)  # fmt: skip
-        return model, history
+        histories = fit(model, data, epochs=3, batch_size=32, optimizer=optimizer,
+                        generators=[torch.Generator().manual_seed(s) for s in seeds],
+                        cuda_graph=graph)  # fmt: skip
+        return model, histories
 
-    eager, eager_history = train(graph=False)
-    graphed, graph_history = train(graph=True)
+    eager, eager_histories = train(graph=False)
+    graphed, graph_histories = train(graph=True)
     for (name, a), b in zip(eager.state_dict().items(), graphed.state_dict().values(), strict=True):
-        assert torch.allclose(a.float(), b.float(), rtol=1e-3, atol=1e-5), name
-    for a, b in zip(eager_history, graph_history, strict=True):
-        assert a.train_loss == pytest.approx(b.train_loss, rel=1e-4)
-        assert a.test_accuracy == pytest.approx(b.test_accuracy, abs=0.02)
-        assert [x.grad_norm for x in a.layers] == pytest.approx(
-            [x.grad_norm for x in b.layers], rel=1e-3
-        )
+        if batchnorm and (name.endswith(".0.bias") or name.endswith("running_mean")):
+            continue  # noise-driven (see tests/test_training.py)
+        assert torch.allclose(a.float(), b.float(), rtol=1e-3, atol=1e-4), name
+    for eager_history, graph_history in zip(eager_histories, graph_histories, strict=True):
+        for a, b in zip(eager_history, graph_history, strict=True):
+            assert a.train_loss == pytest.approx(b.train_loss, rel=1e-4)
+            assert a.test_accuracy == pytest.approx(b.test_accuracy, abs=0.02)
+            assert [x.grad_norm for x in a.layers] == pytest.approx(
+                [x.grad_norm for x in b.layers], rel=1e-3
+            )

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.model import DeepMLP
+from pipeline.model import DeepMLP, stack
 
 
 @pytest.mark.parametrize(("depth", "width"), [(1, 8), (3, 16), (10, 64)])
@@ -56,3 +56,62 @@ def test_same_seed_same_initial_weights_for_both_variants() -> None:
         for a, b in zip(with_bn.hidden_weights(), without.hidden_weights(), strict=True)
     )
     assert torch.equal(with_bn.output.weight, without.output.weight)
+
+
+def seeded_models(seeds: list[int], depth: int = 3, width: int = 8, bn: bool = True):
+    models = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        models.append(DeepMLP(depth, width, bn))
+    return models
+
+
+@pytest.mark.parametrize("batchnorm", [True, False])
+def test_stack_then_unstack_gives_back_each_model(batchnorm: bool) -> None:
+    models = seeded_models([4, 7, 9], bn=batchnorm)
+    stacked = stack(models)
+    assert stacked.seeds == 3 and stacked.config == models[0].config
+    assert stacked.state_dict().keys() == models[0].state_dict().keys()
+    for k, model in enumerate(models):
+        plain = stacked.unstack(k)
+        assert isinstance(plain, DeepMLP)
+        for (name, a), b in zip(plain.state_dict().items(), model.state_dict().values(),
+                                strict=True):  # fmt: skip
+            assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("batchnorm", [True, False])
+@pytest.mark.parametrize("training", [True, False])
+def test_stacked_forward_is_each_models_forward(batchnorm: bool, training: bool) -> None:
+    models = seeded_models([0, 1, 2], depth=4, width=16, bn=batchnorm)
+    stacked = stack(models).train(training)
+    for m in models:
+        m.train(training)
+    x = torch.rand(3, 10, 784)  # a batch per seed
+    logits, activations = stacked.forward_with_activations(x)
+    assert logits.shape == (3, 10, 10)
+    assert [tuple(a.shape) for a in activations] == [(3, 16, 10)] * 4  # (K, width, B)
+    for k, model in enumerate(models):
+        expected, expected_activations = model.forward_with_activations(x[k])
+        torch.testing.assert_close(logits[k], expected)
+        torch.testing.assert_close(activations[-1][k].t(), expected_activations[-1])
+    if batchnorm and training:  # each seed's running statistics moved as its own module's did
+        for k, model in enumerate(models):
+            torch.testing.assert_close(stacked.hidden[2][1].running_mean[k],
+                                       model.hidden[2][1].running_mean)  # fmt: skip
+        assert int(stacked.hidden[0][1].num_batches_tracked) == 1
+
+
+def test_shared_images_give_every_seed_its_own_logits() -> None:
+    models = seeded_models([0, 5], depth=2, width=8)
+    stacked = stack(models).eval()
+    x = torch.rand(6, 784)  # the same images for all seeds (evaluation)
+    logits = stacked(x)
+    assert logits.shape == (2, 6, 10)
+    for k, model in enumerate(models):
+        torch.testing.assert_close(logits[k], model.eval()(x))
+
+
+def test_stacking_models_of_different_shapes_is_refused() -> None:
+    with pytest.raises(ValueError, match="different configs"):
+        stack([DeepMLP(2, 8, True), DeepMLP(3, 8, True)])

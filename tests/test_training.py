@@ -1,17 +1,21 @@
-"""The training loop: it learns, it is deterministic, its diagnostics mean what they say."""
+"""The training loop: it learns, it is deterministic, its diagnostics mean what
+they say, and stacking seeds changes nothing about what each seed learns."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from torch.nn import functional as F
 
 from pipeline.mnist import Mnist
-from pipeline.model import DeepMLP
+from pipeline.model import DeepMLP, StackedMLP, stack
 from pipeline.training import (
     DeviceData,
     batch_starts,
+    epoch_orders,
     evaluate,
     fit,
+    initial_model,
     make_optimizer,
     to_device,
     train_epoch,
@@ -19,6 +23,8 @@ from pipeline.training import (
 )
 
 from .conftest import synthetic_digits
+
+LR, BETAS, EPS = 1e-2, [0.9, 0.999], 1e-8
 
 
 def synthetic_mnist(n_train: int, n_test: int) -> Mnist:
@@ -36,20 +42,24 @@ def synthetic_data(n_train: int = 300, n_test: int = 100) -> DeviceData:
     return to_device(synthetic_mnist(n_train, n_test), torch.device("cpu"))
 
 
-def train(seed: int, batchnorm: bool, epochs: int = 3, data: DeviceData | None = None):
+def generators(seeds: list[int]) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(seed) for seed in seeds]
+
+
+def train(
+    seeds: list[int],
+    batchnorm: bool,
+    epochs: int = 3,
+    data: DeviceData | None = None,
+    depth: int = 4,
+    width: int = 16,
+) -> tuple[StackedMLP, list]:
     data = data or synthetic_data()
-    torch.manual_seed(seed)
-    model = DeepMLP(4, 16, batchnorm)
-    optimizer = make_optimizer(model, 1e-2, [0.9, 0.999], 1e-8, 0.0)
-    history = fit(
-        model,
-        data,
-        epochs=epochs,
-        batch_size=32,
-        optimizer=optimizer,
-        generator=torch.Generator().manual_seed(seed),
-    )
-    return model, history
+    model = initial_model(depth, width, batchnorm, seeds)
+    optimizer = make_optimizer(model, LR, BETAS, EPS, 0.0)
+    histories = fit(model, data, epochs=epochs, batch_size=32, optimizer=optimizer,
+                    generators=generators(seeds))  # fmt: skip
+    return model, histories
 
 
 def test_scaling_is_bit_identical_to_to_tensor() -> None:
@@ -64,24 +74,107 @@ def test_scaling_is_bit_identical_to_to_tensor() -> None:
 
 @pytest.mark.parametrize("batchnorm", [True, False])
 def test_training_lowers_the_loss_and_learns(batchnorm: bool) -> None:
-    _, history = train(0, batchnorm, epochs=4)
-    assert history[-1].train_loss < 0.5 * history[0].train_loss
-    assert history[-1].test_accuracy >= 0.9
-    assert [r.epoch for r in history] == [1, 2, 3, 4]
+    _, histories = train([0, 1], batchnorm, epochs=4)
+    assert len(histories) == 2
+    for history in histories:
+        assert history[-1].train_loss < 0.5 * history[0].train_loss
+        assert history[-1].test_accuracy >= 0.9
+        assert [r.epoch for r in history] == [1, 2, 3, 4]
 
 
-def test_same_seed_gives_bit_identical_weights() -> None:
-    first, history_a = train(7, batchnorm=True)
-    second, history_b = train(7, batchnorm=True)
+def test_same_seeds_give_bit_identical_weights() -> None:
+    first, histories_a = train([7, 8], batchnorm=True)
+    second, histories_b = train([7, 8], batchnorm=True)
     for (name, a), b in zip(first.state_dict().items(), second.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
-    assert [r.train_loss for r in history_a] == [r.train_loss for r in history_b]
+    for a, b in zip(histories_a, histories_b, strict=True):
+        assert [r.train_loss for r in a] == [r.train_loss for r in b]
 
 
 def test_another_seed_gives_other_weights() -> None:
-    first, _ = train(7, batchnorm=True, epochs=1)
-    other, _ = train(8, batchnorm=True, epochs=1)
-    assert not torch.equal(first.output.weight, other.output.weight)
+    model, _ = train([7, 8], batchnorm=True, epochs=1)
+    assert not torch.equal(model.output.weight[0], model.output.weight[1])
+
+
+def test_initial_weights_are_the_seeded_deep_mlps_for_both_variants() -> None:
+    stacked = {bn: initial_model(3, 8, bn, [3, 11]) for bn in (True, False)}
+    for k, seed in enumerate([3, 11]):
+        torch.manual_seed(seed)
+        alone = DeepMLP(3, 8, batchnorm=True)
+        for variant in stacked.values():
+            torch.testing.assert_close(variant.unstack(k).hidden_weights()[2],
+                                       alone.hidden_weights()[2], rtol=0, atol=0)  # fmt: skip
+            assert torch.equal(variant.unstack(k).output.bias, alone.output.bias)
+
+
+def reference_training(
+    seed: int, batchnorm: bool, data: DeviceData, epochs: int, batch_size: int
+) -> tuple[DeepMLP, list[float]]:
+    """One seed trained the classic way: a plain DeepMLP, autograd, the
+    usual torch.optim.Adam, batches in the order of the seed's generator."""
+    torch.manual_seed(seed)
+    model = DeepMLP(4, 16, batchnorm)
+    optimizer = torch.optim.Adam(model.parameters(), lr=LR, betas=tuple(BETAS), eps=EPS)
+    generator = torch.Generator().manual_seed(seed)
+    losses = []
+    for _ in range(epochs):
+        order = torch.randperm(len(data.train_x), generator=generator)
+        for start in batch_starts(len(order), batch_size):
+            index = order[start : start + batch_size]
+            loss = F.cross_entropy(model(data.train_x[index]), data.train_y[index])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+    return model, losses
+
+
+def noise_driven(name: str, batchnorm: bool) -> bool:
+    """Tensors that follow float rounding rather than the data: BatchNorm
+    cancels the bias of the Linear before it, so that bias's true gradient is
+    zero and its computed one is rounding noise, which Adam, dividing by its
+    running size, turns into steps of about lr in a random direction; the
+    running mean follows that bias. Any two summation orders make them drift
+    apart, while the network's function does not change."""
+    return batchnorm and ((name.startswith("hidden.") and name.endswith(".0.bias"))
+                          or name.endswith("running_mean"))  # fmt: skip
+
+
+@pytest.mark.parametrize("batchnorm", [True, False])
+def test_stacked_seeds_train_as_each_seed_would_alone(batchnorm: bool) -> None:
+    # 3 epochs of 100 batches: 300 steps of each seed's own order, in one stacked model.
+    data = synthetic_data(n_train=3200, n_test=100)
+    seeds = [0, 1, 2]
+    stacked, histories = train(seeds, batchnorm, epochs=3, data=data)
+    for k, seed in enumerate(seeds):
+        alone, losses = reference_training(seed, batchnorm, data, epochs=3, batch_size=32)
+        assert histories[k][-1].train_loss == pytest.approx(sum(losses[-100:]) / 100, rel=1e-3)
+        mine = stacked.unstack(k).state_dict()
+        for name, expected in alone.state_dict().items():
+            if not noise_driven(name, batchnorm):
+                torch.testing.assert_close(mine[name], expected, rtol=1e-3, atol=1e-3, msg=name)
+
+
+@pytest.mark.parametrize("batchnorm", [True, False])
+def test_a_seed_learns_the_same_whatever_other_seeds_train_beside_it(batchnorm: bool) -> None:
+    # Each seed's kernels see the same numbers in any stack; only fused
+    # Adam's vector loop may take a seed's element in another lane (float
+    # rounding), which BatchNorm's noise-driven biases then amplify.
+    data = synthetic_data(n_train=640, n_test=100)
+    results = {}
+    for seeds in ([0, 1, 2], [2, 5], [2]):
+        model, histories = train(seeds, batchnorm, epochs=3, data=data)
+        k = seeds.index(2)
+        results[tuple(seeds)] = (model.unstack(k).state_dict(), histories[k])
+    reference_state, reference_history = results[(2,)]
+    for seeds in ((0, 1, 2), (2, 5)):
+        state, history = results[seeds]
+        for name, tensor in reference_state.items():
+            if not noise_driven(name, batchnorm):
+                torch.testing.assert_close(state[name], tensor, rtol=1e-3, atol=1e-4, msg=name)
+        for mine, alone in zip(history, reference_history, strict=True):
+            assert mine.train_loss == pytest.approx(alone.train_loss, rel=1e-4)
+            assert mine.test_accuracy == pytest.approx(alone.test_accuracy, abs=0.02)
 
 
 @pytest.mark.parametrize(
@@ -94,32 +187,44 @@ def test_batches_keep_a_partial_batch_but_not_a_single_image(
     assert list(batch_starts(count, batch)) == expected
 
 
+def test_each_seed_gets_its_own_order_every_epoch() -> None:
+    seeds = [3, 4]
+    orders = epoch_orders(generators(seeds), 50, torch.device("cpu"))
+    again = epoch_orders(generators(seeds), 50, torch.device("cpu"))
+    assert orders.shape == (2, 50) and torch.equal(orders, again)
+    assert torch.equal(orders[0], torch.randperm(50, generator=torch.Generator().manual_seed(3)))
+    assert not torch.equal(orders[0], orders[1])
+    assert sorted(orders[1].tolist()) == list(range(50))
+
+
 def test_a_batch_size_leaving_one_image_trains_with_batchnorm() -> None:
     data = synthetic_data(n_train=33)  # 33 = 2 * 16 + 1: BatchNorm cannot take the last one
-    model = DeepMLP(2, 8, batchnorm=True)
-    optimizer = make_optimizer(model, 1e-3, [0.9, 0.999], 1e-8, 0.0)
+    model = initial_model(2, 8, True, [0, 1])
+    optimizer = make_optimizer(model, 1e-3, BETAS, EPS, 0.0)
     seen = []
     step = training_step(model, optimizer, data.train_x, data.train_y)
-    train_epoch(model, step, data.train_x, 16, torch.Generator(),
+    train_epoch(model, step, data.train_x, 16, generators([0, 1]),
                 on_progress=lambda n, loss: seen.append(n))  # fmt: skip
     assert seen == [2]  # two batches of 16; the single image was left out
     (flat,) = optimizer.param_groups[0]["params"]
     assert optimizer.state[flat]["step"].item() == 2
 
 
-def test_epoch_records_every_diagnostic_per_layer() -> None:
-    _, history = train(0, batchnorm=False, epochs=2)
-    metrics = history[-1].metrics()
-    assert {"train_loss", "test_loss", "test_accuracy", "epoch_seconds"} <= set(metrics)
-    for layer in range(1, 5):
-        for name in ("act_mean", "act_std", "dead_fraction", "grad_norm"):
-            assert f"layer_{layer:02d}/{name}" in metrics
-    assert len(metrics) == 4 + 4 * 4
-    assert all(layer.grad_norm > 0 for layer in history[-1].layers)
-    assert history[-1].epoch_seconds > 0
+def test_epoch_records_every_diagnostic_per_layer_and_seed() -> None:
+    _, histories = train([0, 1], batchnorm=False, epochs=2)
+    for history in histories:
+        metrics = history[-1].metrics()
+        assert {"train_loss", "test_loss", "test_accuracy", "epoch_seconds"} <= set(metrics)
+        for layer in range(1, 5):
+            for name in ("act_mean", "act_std", "dead_fraction", "grad_norm"):
+                assert f"layer_{layer:02d}/{name}" in metrics
+        assert len(metrics) == 4 + 4 * 4
+        assert all(layer.grad_norm > 0 for layer in history[-1].layers)
+        assert history[-1].epoch_seconds > 0
+    assert histories[0][-1].layers != histories[1][-1].layers  # each seed its own numbers
 
 
-def test_evaluate_statistics_on_a_network_with_known_activations() -> None:
+def known_network() -> DeepMLP:
     model = DeepMLP(1, 3, batchnorm=False)
     with torch.no_grad():
         linear = model.hidden[0][0]
@@ -128,28 +233,37 @@ def test_evaluate_statistics_on_a_network_with_known_activations() -> None:
         linear.bias.copy_(torch.tensor([0.0, 2.0, -1.0]))  # unit 1 constant 2, unit 2 dead
         model.output.weight.zero_()
         model.output.bias.copy_(torch.arange(10.0))  # always predicts class 9
+    return model
+
+
+def test_evaluate_statistics_on_a_network_with_known_activations() -> None:
+    other = DeepMLP(1, 3, batchnorm=False)  # a second seed: its numbers are its own
+    stacked = stack([known_network(), other])
     x = torch.zeros(4, 784)
     x[:, 0] = torch.tensor([0.0, 0.5, 1.0, 0.5])
     y = torch.tensor([9, 9, 9, 1])
-    loss, accuracy, layers = evaluate(model, x, y)
+    (loss, accuracy, layers), second = evaluate(stacked, x, y)
     assert accuracy == pytest.approx(0.75)
     values = torch.tensor([0.0, 0.5, 1.0, 0.5, 2, 2, 2, 2, 0, 0, 0, 0])
     assert layers[0]["act_mean"] == pytest.approx(values.mean().item())
     assert layers[0]["act_std"] == pytest.approx(values.std(correction=0).item())
     assert layers[0]["dead_fraction"] == pytest.approx(1 / 3)
-    expected_loss = torch.nn.functional.cross_entropy(torch.arange(10.0).repeat(4, 1), y)
+    expected_loss = F.cross_entropy(torch.arange(10.0).repeat(4, 1), y)
     assert loss == pytest.approx(expected_loss.item())
+    other_logits = other.eval()(x)
+    assert second[0] == pytest.approx(F.cross_entropy(other_logits, y).item())
+    assert second[1] == (other_logits.argmax(1) == y).float().mean().item()
 
 
 def test_progress_reports_the_running_loss() -> None:
     data = synthetic_data(n_train=300)
-    model = DeepMLP(2, 8, batchnorm=True)
-    optimizer = make_optimizer(model, 1e-3, [0.9, 0.999], 1e-8, 0.0)
+    model = initial_model(2, 8, True, [0, 1, 2])
+    optimizer = make_optimizer(model, 1e-3, BETAS, EPS, 0.0)
     seen = []
     step = training_step(model, optimizer, data.train_x, data.train_y)
-    loss, _ = train_epoch(
-        model, step, data.train_x, 4, torch.Generator(),
+    losses, _ = train_epoch(
+        model, step, data.train_x, 4, generators([0, 1, 2]),
         on_progress=lambda n, running: seen.append((n, running)),
     )  # fmt: skip
     assert [n for n, _ in seen] == [50, 75]  # every 50 batches, and the last one
-    assert seen[-1][1] == pytest.approx(loss)
+    assert seen[-1][1] == pytest.approx(sum(losses) / 3)  # the mean over seeds
