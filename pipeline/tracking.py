@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -159,10 +160,18 @@ def git_commit(cwd: Path) -> str | None:
 
 
 def run_tags(
-    variant: str, seed: int, device: str, execution: str, environ: Mapping[str, str], cwd: Path
+    variant: str,
+    seed: int | None,
+    device: str,
+    execution: str,
+    environ: Mapping[str, str],
+    cwd: Path,
 ) -> dict[str, str]:
-    """Tags of a (variant, seed) run; `execution` is the pipeline_run_id."""
-    tags = {"variant": variant, "seed": str(seed), "device": device, "pipeline_run_id": execution}
+    """Tags of a (variant, seed) run, or of a variant's parent run (seed
+    None); `execution` is the pipeline_run_id."""
+    tags = {"variant": variant, "device": device, "pipeline_run_id": execution}
+    if seed is not None:
+        tags["seed"] = str(seed)
     commit = git_commit(cwd)
     if commit:
         tags["mlflow.source.git.commit"] = commit  # shown by the MLflow UI
@@ -172,26 +181,32 @@ def run_tags(
 
 
 class Run:
-    """One MLflow run: a (variant, seed) training. Use through `start_run`."""
+    """One MLflow run, addressed by its id, so that several can be open at
+    once (a variant's parent run and its seeds' runs). Open it with
+    `begin_run`."""
 
-    def __init__(self, run_id: str) -> None:
-        self.run_id = run_id
+    def __init__(self, uri: str, run_id: str) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.uri, self.run_id = uri, run_id
+        self.client = MlflowClient(uri)
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
-        import mlflow
+        from mlflow.entities import Metric
 
-        mlflow.log_metrics(metrics, step=epoch, run_id=self.run_id)
+        now = int(time.time() * 1000)
+        entries = [Metric(key, float(value), now, epoch) for key, value in metrics.items()]
+        self.client.log_batch(self.run_id, metrics=entries)
 
     def log_file(self, path: Path, folder: str) -> None:
-        import mlflow
-
-        mlflow.log_artifact(str(path), artifact_path=folder, run_id=self.run_id)
+        self.client.log_artifact(self.run_id, str(path), folder)
 
     def log_dataset(self, source: Path, digests: dict[str, str]) -> None:
         """The data as an MLflow input: its location and a digest of the four files."""
-        import mlflow
         from mlflow.data.dataset_source_registry import resolve_dataset_source
         from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
         combined = hashlib.sha256("".join(sorted(digests.values())).encode()).hexdigest()
         # MLflow stores at most 36 characters of a dataset digest.
@@ -199,7 +214,8 @@ class Run:
             warnings.simplefilter("ignore", UserWarning)
             location = resolve_dataset_source(str(source.resolve()))
         dataset = MetaDataset(location, name="mnist", digest=combined[:32])
-        mlflow.log_input(dataset, context="training")
+        context = InputTag(key=MLFLOW_DATASET_CONTEXT, value="training")
+        self.client.log_inputs(self.run_id, [DatasetInput(dataset._to_mlflow_entity(), [context])])
 
     def log_model(self, model: torch.nn.Module, example: torch.Tensor) -> str:
         """Log the model (MLflow 3's pt2 format) with its signature; return its URI."""
@@ -213,6 +229,7 @@ class Run:
         info = mlflow.pytorch.log_model(
             model,
             name="model",
+            run_id=self.run_id,
             input_example=example.numpy(),
             signature=infer_signature(example.numpy(), output),
             # Explicit requirements: inferring them costs seconds per model.
@@ -220,11 +237,29 @@ class Run:
         )
         return info.model_uri
 
+    def end(self, status: str, reason: str | None = None) -> None:
+        """End the run with `status`. With a `reason` (a failure being
+        reported, in the tag `failure_reason`), a problem doing so is logged,
+        never raised over the failure."""
+        if reason is None:
+            self.client.set_terminated(self.run_id, status)
+            return
+        try:
+            self.client.set_tag(self.run_id, "failure_reason", reason[:5000])  # MLflow's limit
+            self.client.set_terminated(self.run_id, status)
+        except Exception as err:
+            log.warning("could not mark the MLflow run %s: %s", status, err)
+
 
 def recorded_runs(runs_file: Path) -> dict[int, str]:
     """Seed -> MLflow run id, as the train stage recorded them."""
     runs = read_json(runs_file, "run `dvc repro train_bn train_nobn`")["runs"]
     return {int(seed): entry["run_id"] for seed, entry in runs.items()}
+
+
+def recorded_parent(runs_file: Path) -> str:
+    """The MLflow run id of the variant's parent run, as the train stage recorded it."""
+    return read_json(runs_file, "run `dvc repro train_bn train_nobn`")["parent_run_id"]
 
 
 def log_to_run(
@@ -308,6 +343,7 @@ class Tracker:
         )
         self.closed = False
         self.opened_run = False  # whether the helper may have a run to end
+        self.handles = itertools.count()
         self._send("open", uri=uri)
 
     def __enter__(self) -> Tracker:
@@ -392,16 +428,23 @@ class Tracker:
 
     @contextlib.contextmanager
     def run(
-        self, experiment: str, name: str, tags: dict[str, str], params: dict[str, Any]
+        self,
+        experiment: str,
+        name: str,
+        tags: dict[str, str],
+        params: dict[str, Any],
+        parent: RemoteRun | None = None,
     ) -> Iterator[RemoteRun]:
-        """A run in `experiment` (by name, created if needed), as start_run
-        opens and ends it: FINISHED, KILLED when interrupted, FAILED with
-        the tag `failure_reason` otherwise."""
+        """A run in `experiment` (by name, created if needed), nested under
+        `parent` if given, opened and ended as start_run does: FINISHED,
+        KILLED when interrupted, FAILED with the tag `failure_reason`
+        otherwise. Several can be open at once."""
         logged = {key: str(value) for key, value in params.items()}
         self.opened_run = True
-        started = self._ask("start_run", experiment=experiment, name=name,
-                             tags=tags, params=logged)  # fmt: skip
-        run = RemoteRun(self, started)
+        handle = f"run{next(self.handles)}"  # how requests name the run before its id is known
+        started = self._ask("start_run", run=handle, experiment=experiment, name=name, tags=tags,
+                            params=logged, parent=parent.handle if parent else None)  # fmt: skip
+        run = RemoteRun(self, handle, started)
         try:
             yield run
         except KeyboardInterrupt:
@@ -416,8 +459,8 @@ class Tracker:
 class RemoteRun:
     """A run opened through a Tracker; the same methods as Run."""
 
-    def __init__(self, tracker: Tracker, started: Reply) -> None:
-        self.tracker, self.started = tracker, started
+    def __init__(self, tracker: Tracker, handle: str, started: Reply) -> None:
+        self.tracker, self.handle, self.started = tracker, handle, started
 
     @property
     def run_id(self) -> str:
@@ -428,46 +471,52 @@ class RemoteRun:
         return self.started.result()["experiment_id"]
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
-        self.tracker._send("log_epoch", epoch=epoch, metrics=metrics)
+        self.tracker._send("log_epoch", run=self.handle, epoch=epoch, metrics=metrics)
 
     def log_file(self, path: Path, folder: str) -> None:
         """Log a file; it must stay where it is until the tracker is closed."""
-        self.tracker._send("log_file", path=str(path.resolve()), folder=folder)
+        self.tracker._send("log_file", run=self.handle, path=str(path.resolve()), folder=folder)
 
     def log_dataset(self, source: Path, digests: dict[str, str]) -> None:
-        self.tracker._send("log_dataset", source=str(source.resolve()), digests=digests)
+        self.tracker._send("log_dataset", run=self.handle, source=str(source.resolve()),
+                           digests=digests)  # fmt: skip
 
     def log_model(self, checkpoint: Path, example: torch.Tensor) -> Reply:
         """Log the checkpoint's model (see Run.log_model); the Reply is its URI.
         The checkpoint must stay where it is until the Reply is read."""
-        return self.tracker._ask("log_model", checkpoint=str(checkpoint.resolve()),
+        return self.tracker._ask("log_model", run=self.handle,
+                                  checkpoint=str(checkpoint.resolve()),
                                   example=example.tolist())  # fmt: skip
 
     def end(self, status: str, reason: str | None = None) -> None:
-        """End the run (and wait for every request made in it); when
+        """End the run (and wait for every request made before); when
         reporting a failure, never raise over it."""
+        request = {"run": self.handle, "status": status, "reason": reason}
         if status == "FINISHED":
-            self.tracker._ask("end_run", status=status, reason=reason).result()
+            self.tracker._ask("end_run", **request).result()
             return
         try:
-            self.tracker._ask("end_run", status=status, reason=reason).result()
+            self.tracker._ask("end_run", **request).result()
         except PipelineError as err:
             log.warning("could not mark the MLflow run %s: %s", status, err)
 
 
 class _Helper:
-    """The Tracker's helper: one MLflow store, at most one open run."""
+    """The Tracker's helper: one MLflow store, the runs the stage opened."""
 
     def __init__(self) -> None:
         self.uri = ""
-        self.run: Run | None = None
+        self.runs: dict[str, Run] = {}  # open runs by the stage's handle, oldest first
+        self.experiments: dict[str, str] = {}  # name -> id, looked up once
         self.failure: str | None = None  # after one, requests are skipped
 
     def open(self, uri: str) -> None:
+        import mlflow
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
         self.uri = uri
+        mlflow.set_tracking_uri(uri)  # log_model's own client
         db = sqlite_path(uri)
         if db is None or db.exists():  # never created here: prepare_experiment does that
             with contextlib.suppress(MlflowException):
@@ -488,41 +537,57 @@ class _Helper:
 
         from pipeline import checkpoint  # noqa: F401
 
-    def start_run(self, experiment: str, name: str, tags: dict, params: dict) -> dict:
-        experiment_id = prepare_experiment(self.uri, experiment)
-        self.run = begin_run(self.uri, experiment_id, name, tags, params)
-        return {"run_id": self.run.run_id, "experiment_id": experiment_id}
+    def start_run(
+        self, run: str, experiment: str, name: str, tags: dict, params: dict, parent: str | None
+    ) -> dict:
+        from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
-        self._open_run().log_epoch(epoch, metrics)
+        if experiment not in self.experiments:
+            self.experiments[experiment] = prepare_experiment(self.uri, experiment)
+        experiment_id = self.experiments[experiment]
+        if parent is not None:
+            tags = tags | {MLFLOW_PARENT_RUN_ID: self._open_run(parent).run_id}
+        self.runs[run] = begin_run(self.uri, experiment_id, name, tags, params)
+        return {"run_id": self.runs[run].run_id, "experiment_id": experiment_id}
 
-    def log_file(self, path: str, folder: str) -> None:
-        self._open_run().log_file(Path(path), folder)
+    def log_epoch(self, run: str, epoch: int, metrics: dict[str, float]) -> None:
+        self._open_run(run).log_epoch(epoch, metrics)
 
-    def log_dataset(self, source: str, digests: dict[str, str]) -> None:
-        self._open_run().log_dataset(Path(source), digests)
+    def log_file(self, run: str, path: str, folder: str) -> None:
+        self._open_run(run).log_file(Path(path), folder)
 
-    def log_model(self, checkpoint: str, example: list) -> str:
+    def log_dataset(self, run: str, source: str, digests: dict[str, str]) -> None:
+        self._open_run(run).log_dataset(Path(source), digests)
+
+    def log_model(self, run: str, checkpoint: str, example: list) -> str:
         import torch
 
         from pipeline.checkpoint import load_checkpoint
 
         model, _ = load_checkpoint(Path(checkpoint))
-        return self._open_run().log_model(model, torch.tensor(example, dtype=torch.float32))
+        return self._open_run(run).log_model(model, torch.tensor(example, dtype=torch.float32))
 
-    def end_run(self, status: str, reason: str | None) -> None:
-        self._open_run()
-        self.run = None
-        end_run(status, reason)
+    def end_run(self, run: str, status: str, reason: str | None) -> None:
+        self._open_run(run)
+        self.runs.pop(run).end(status, reason)
+
+    def end_open_runs(self) -> None:
+        """At the end of stdin: end the runs left open, nested ones first,
+        FAILED after an error of ours, KILLED otherwise (the stage died)."""
+        reason = self.failure or "the stage stopped before ending its run"
+        for run in reversed(list(self.runs.values())):
+            with contextlib.suppress(Exception):
+                run.end("FAILED" if self.failure else "KILLED", reason)
+        self.runs.clear()
 
     def log_to_run(self, run_id: str, metrics, dicts, files: list[str], folder) -> bool:
         return log_to_run(self.uri, run_id, metrics=metrics, dicts=dicts,
                           files=[Path(f) for f in files], folder=folder)  # fmt: skip
 
-    def _open_run(self) -> Run:
-        if self.run is None:
-            raise PipelineError("no MLflow run is open")
-        return self.run
+    def _open_run(self, run: str) -> Run:
+        if run not in self.runs:
+            raise PipelineError(f"no MLflow run {run} is open")
+        return self.runs[run]
 
 
 REPLIES = {"start_run", "log_model", "end_run", "log_to_run"}  # requests answered
@@ -531,8 +596,8 @@ REPLIES = {"start_run", "log_model", "end_run", "log_to_run"}  # requests answer
 def _serve(stdin: Any = sys.stdin, stdout: Any = sys.stdout) -> int:
     """The Tracker's helper: make each request read from stdin, in order;
     answer those in REPLIES on stdout. After a failed request the rest are
-    skipped and answered with its error. At the end of stdin, a run left open
-    ends FAILED (after such an error) or KILLED (the stage died)."""
+    skipped and answered with its error. At the end of stdin, runs left open
+    end FAILED (after such an error) or KILLED (the stage died)."""
     # Ctrl-C in a terminal reaches the whole process group: the stage decides.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from mlflow.exceptions import MlflowException
@@ -554,10 +619,7 @@ def _serve(stdin: Any = sys.stdin, stdout: Any = sys.stdout) -> int:
                 print(helper.failure, file=sys.stderr)
         if op in REPLIES:
             answer({"error": helper.failure} if helper.failure else {"result": result})
-    if helper.run is not None:  # FAILED by our error, or KILLED: the stage died
-        reason = helper.failure or "the stage stopped before ending its run"
-        with contextlib.suppress(Exception):
-            end_run("FAILED" if helper.failure else "KILLED", reason)
+    helper.end_open_runs()
     if helper.failure:
         answer({"error": helper.failure})
         return 1
@@ -567,33 +629,20 @@ def _serve(stdin: Any = sys.stdin, stdout: Any = sys.stdout) -> int:
 def begin_run(
     uri: str, experiment_id: str, name: str, tags: dict[str, str], params: dict[str, Any]
 ) -> Run:
-    """Open a run (MLflow's active run in this process) with tags and params."""
-    import mlflow
+    """Open a run with tags and params; MLflow's own tags (user, source,
+    git commit) are added as its fluent start_run adds them."""
+    from mlflow.entities import Param
+    from mlflow.tracking import MlflowClient
+    from mlflow.tracking.context.registry import resolve_tags
 
-    mlflow.set_tracking_uri(uri)
-    active = mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=tags)
+    created = MlflowClient(uri).create_run(experiment_id, tags=resolve_tags(tags), run_name=name)
+    run = Run(uri, created.info.run_id)
     try:
-        mlflow.log_params({key: str(value) for key, value in params.items()})
+        run.client.log_batch(run.run_id, params=[Param(k, str(v)) for k, v in params.items()])
     except BaseException as err:
-        end_run("FAILED", str(err) or type(err).__name__)
+        run.end("FAILED", str(err) or type(err).__name__)
         raise
-    return Run(active.info.run_id)
-
-
-def end_run(status: str, reason: str | None = None) -> None:
-    """End the active run with `status`. With a `reason` (a failure being
-    reported, in the tag `failure_reason`), a problem doing so is logged,
-    never raised over the failure."""
-    import mlflow
-
-    if reason is None:
-        mlflow.end_run(status)
-        return
-    try:
-        mlflow.set_tag("failure_reason", reason[:5000])  # MLflow's limit for a tag value
-        mlflow.end_run(status)
-    except Exception as err:
-        log.warning("could not mark the MLflow run %s: %s", status, err)
+    return run
 
 
 @contextlib.contextmanager
@@ -608,12 +657,12 @@ def start_run(
     try:
         yield run
     except KeyboardInterrupt:
-        end_run("KILLED", "interrupted")
+        run.end("KILLED", "interrupted")
         raise
     except BaseException as err:
-        end_run("FAILED", str(err) or type(err).__name__)
+        run.end("FAILED", str(err) or type(err).__name__)
         raise
-    end_run("FINISHED")
+    run.end("FINISHED")
 
 
 if __name__ == "__main__":

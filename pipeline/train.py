@@ -1,13 +1,16 @@
 """Stages `train_bn` and `train_nobn`: the same MLP with and without BatchNorm.
 
 `python -m pipeline.train --variant bn|nobn` trains one model per seed in
-`train.seeds`, logs each as an MLflow run, and writes data/models/<variant>/
-(final checkpoint per seed, per-epoch history, MLflow run ids) and the DVC
-metrics and plots files reports/train/<variant>.json and .csv.
+`train.seeds`, all at once as one stacked model (pipeline/training.py); logs
+each seed as an MLflow run nested in one parent run for the variant; and
+writes data/models/<variant>/ (final checkpoint per seed, per-epoch history,
+MLflow run ids) and the DVC metrics and plots files
+reports/train/<variant>.json and .csv.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -34,16 +37,18 @@ from pipeline.files import (
     replace_dir,
     staging_dir,
 )
-from pipeline.history import history_table, plot_table, summarize
+from pipeline.history import SUMMARY_KEYS, history_table, plot_table, summarize
 from pipeline.mnist import digest_mismatches, file_digests, load_mnist
 from pipeline.model import VARIANTS, DeepMLP
 from pipeline.params import Params, flatten, load_params
+from pipeline.stats import mean_std
 from pipeline.training import (
     DeviceData,
     Diverged,
     EpochRecord,
     batch_starts,
     fit,
+    initial_model,
     make_optimizer,
     to_device,
 )
@@ -97,65 +102,90 @@ class Progress:
             self.bar = None
 
 
-def train_seed(
+def seed_tags(
+    variant: str, seed: int | None, device: str, execution: str, seeds: list[int]
+) -> dict[str, str]:
+    """A seed's run tags, or (seed None) those of the variant's parent run."""
+    tags = tracking.run_tags(variant, seed, device, execution, os.environ, Path.cwd())
+    return tags if seed is not None else tags | {"seeds": ", ".join(map(str, seeds))}
+
+
+def across_seeds(records: list[EpochRecord]) -> dict[str, float]:
+    """What a parent run logs per epoch: the mean (and, with several seeds,
+    the sample std) across seeds of the headline metrics, and the epoch's time."""
+    metrics = {"epoch_seconds": records[0].epoch_seconds}
+    for key in SUMMARY_KEYS:
+        mean, std = mean_std(getattr(r, key) for r in records)
+        metrics[f"{key}_mean"] = mean
+        if len(records) > 1:
+            metrics[f"{key}_std"] = std
+    return metrics
+
+
+def train_seeds(
     variant: str,
-    seed: int,
     params: Params,
     data: DeviceData,
     info: dict,
-    run: tracking.RemoteRun,
+    runs: list[tracking.RemoteRun],
+    parent: tracking.RemoteRun,
     scratch: Path,
-) -> tuple[DeepMLP, list[EpochRecord]]:
-    """Train one model; log each epoch's metrics and checkpoint (carrying
-    `info` and the run id) to the run. The checkpoints are written to
-    `scratch`, which must outlive the run (the tracker logs them later).
-    Returns the model and its history."""
-    torch.manual_seed(seed)  # the same initial weights for both variants
-    model = DeepMLP(params.model.depth, params.model.width, VARIANTS[variant])
-    model.to(data.train_x.device)
-    t = params.train
-    graph = use_cuda_graph(t.cuda_graph, data.train_x.device)
+) -> tuple[list[DeepMLP], list[list[EpochRecord]]]:
+    """Train every seed of train.seeds at once, as one stacked model; log
+    each epoch's metrics and checkpoint (carrying `info`, its seed and run
+    id) to the seed's run, and the across-seed summary to `parent`. The
+    checkpoints are written to `scratch`, which must outlive the runs (the
+    tracker logs them later). Returns each seed's final model and history."""
+    t, seeds = params.train, params.train.seeds
+    device = data.train_x.device
+    model = initial_model(params.model.depth, params.model.width, VARIANTS[variant], seeds)
+    model.to(device)
+    graph = use_cuda_graph(t.cuda_graph, device)
     optimizer = make_optimizer(model, t.lr, t.betas, t.eps, t.weight_decay, capturable=graph)
-    label = f"{variant}-seed{seed}"
+    label = f"{variant} ({len(seeds)} seed{'s' if len(seeds) > 1 else ''})"
 
-    def on_epoch(record: EpochRecord) -> None:
+    def on_epoch(records: list[EpochRecord]) -> None:
         raise_if_interrupted()
+        summary = across_seeds(records)
+        accuracies = [100 * r.test_accuracy for r in records]
         log.info(
-            "%s epoch %d/%d: train_loss %.4f test_loss %.4f test_accuracy %.2f%% (%.1f s)",
-            label,
-            record.epoch,
-            t.epochs,
-            record.train_loss,
-            record.test_loss,
-            100 * record.test_accuracy,
-            record.epoch_seconds,
-        )
-        run.log_epoch(record.epoch, record.metrics())
-        path = scratch / f"epoch_{record.epoch:03d}.pt"
-        save_checkpoint(path, make_checkpoint(model, epoch=record.epoch, metrics=record.metrics(),
-                                              mlflow_run_id=run.run_id, **info))  # fmt: skip
-        run.log_file(path, "checkpoints")
+            "%s epoch %d/%d: train_loss %.4f test_loss %.4f test_accuracy %.2f%% "
+            "(seeds %.2f-%.2f) (%.1f s)",
+            label, records[0].epoch, t.epochs, summary["train_loss_mean"],
+            summary["test_loss_mean"], summary["test_accuracy_mean"] * 100,
+            min(accuracies), max(accuracies), records[0].epoch_seconds,
+        )  # fmt: skip
+        for k, (seed, run, record) in enumerate(zip(seeds, runs, records, strict=True)):
+            run.log_epoch(record.epoch, record.metrics())
+            path = scratch / f"seed{seed}" / f"epoch_{record.epoch:03d}.pt"
+            path.parent.mkdir(exist_ok=True)
+            checkpoint = make_checkpoint(model.unstack(k), epoch=record.epoch,
+                                         metrics=record.metrics(), mlflow_run_id=run.run_id,
+                                         **info, seed=seed)  # fmt: skip
+            save_checkpoint(path, checkpoint)
+            run.log_file(path, "checkpoints")
+        parent.log_epoch(records[0].epoch, summary)
 
     batches = len(batch_starts(len(data.train_x), t.batch_size))
     try:
-        history = fit(
+        histories = fit(
             model,
             data,
             epochs=t.epochs,
             batch_size=t.batch_size,
             optimizer=optimizer,
-            generator=torch.Generator().manual_seed(seed),
+            generators=[torch.Generator().manual_seed(seed) for seed in seeds],
             on_epoch=on_epoch,
             on_progress=Progress(label, batches, t.epochs),
             cuda_graph=graph,
         )
     except Diverged as err:
         raise PipelineError(
-            f"{label}: training diverged: the loss became {err.value} at epoch {err.epoch}, "
-            f"batch {err.batch} of {batches}; lower train.lr (now {t.lr:g}; the seed "
-            "experiment uses 0.001) and run again"
+            f"{variant}-seed{seeds[err.seed_index]}: training diverged: the loss became "
+            f"{err.value} at epoch {err.epoch}, batch {err.batch} of {batches}; lower train.lr "
+            f"(now {t.lr:g}; the seed experiment uses 0.001) and run again"
         ) from None
-    return model, history
+    return [model.unstack(k) for k in range(len(seeds))], histories
 
 
 def train_variant(
@@ -166,11 +196,13 @@ def train_variant(
     out_dir: Path,
     tracker: tracking.Tracker,
 ) -> dict[int, list[EpochRecord]]:
-    """Train every seed, one MLflow run each (through `tracker`); build
-    out_dir in a staging folder and swap it in at the end, so a failure
-    leaves no partial set of models."""
+    """Train every seed, logged (through `tracker`) as one MLflow run per
+    seed nested in one parent run for the variant; build out_dir in a
+    staging folder and swap it in at the end, so a failure leaves no
+    partial set of models."""
     execution = tracking.pipeline_run_id(os.environ)
     device = describe_device(data.train_x.device)
+    seeds = params.train.seeds
     logged_params = (
         flatten(params.model, "model.")
         | flatten(params.train, "train.")
@@ -188,47 +220,58 @@ def train_variant(
             "data": {"verify": params.data.verify},
         },
     }
+    experiment = params.tracking.experiment
     staging = staging_dir(out_dir)
-    histories: dict[int, list[EpochRecord]] = {}
-    runs = {}
-    experiment_id = None
     try:
-        for seed in params.train.seeds:
-            tags = tracking.run_tags(variant, seed, device, execution, os.environ, Path.cwd())
-            name = f"{variant}-seed{seed}"
-            # The epoch checkpoints stay until the run has ended: the
-            # tracker's helper logs them after we moved on.
-            with (
-                tempfile.TemporaryDirectory() as scratch,
-                tracker.run(params.tracking.experiment, name, tags, logged_params) as run,
-            ):
-                if params.tracking.log_model and seed == params.train.seeds[0]:
-                    tracker.prepare_model_logging()
+        # The epoch checkpoints stay until the runs have ended: the
+        # tracker's helper logs them after we moved on.
+        with (
+            tempfile.TemporaryDirectory() as scratch,
+            tracker.run(experiment, variant, seed_tags(variant, None, device, execution, seeds),
+                        logged_params) as parent,
+            contextlib.ExitStack() as seed_runs,
+        ):  # fmt: skip
+            parent.log_dataset(paths.MNIST_RAW_DIR, digests)
+            runs = []
+            for seed in seeds:
+                tags = seed_tags(variant, seed, device, execution, seeds)
+                run = tracker.run(experiment, f"{variant}-seed{seed}", tags, logged_params, parent)
+                runs.append(seed_runs.enter_context(run))
+            if params.tracking.log_model:
+                tracker.prepare_model_logging()
+            for run in runs:
                 run.log_dataset(paths.MNIST_RAW_DIR, digests)
                 run.log_file(paths.DIGESTS_FILE, "data")
-                seed_info = info | {"seed": seed}
-                model, history = train_seed(
-                    variant, seed, params, data, seed_info, run, Path(scratch)
-                )
+            models, histories = train_seeds(variant, params, data, info, runs, parent,
+                                            Path(scratch))  # fmt: skip
+            logged = []
+            for seed, run, model, history in zip(seeds, runs, models, histories, strict=True):
                 final = make_checkpoint(model, epoch=history[-1].epoch,
                                         metrics=history[-1].metrics(),
-                                        mlflow_run_id=run.run_id, **seed_info)  # fmt: skip
+                                        mlflow_run_id=run.run_id, **info, seed=seed)  # fmt: skip
                 save_checkpoint(checkpoint_path(staging, seed), final)
-                logged = None
                 if params.tracking.log_model:  # from the file: read before staging moves
-                    logged = run.log_model(checkpoint_path(staging, seed), data.test_x[:5].cpu())
-                histories[seed] = history
-                model_uri = logged.result() if logged else None
-                runs[str(seed)] = {"run_id": run.run_id, "model_uri": model_uri}
-                experiment_id = run.experiment_id
-        atomic_write_json(staging / paths.HISTORY_NAME, history_table(histories))
-        record = {"tracking_uri": tracker.uri, "experiment_id": experiment_id,
-                  "pipeline_run_id": execution, "runs": runs}  # fmt: skip
+                    logged.append(run.log_model(checkpoint_path(staging, seed),
+                                                data.test_x[:5].cpu()))  # fmt: skip
+            uris = [answer.result() for answer in logged] or [None] * len(seeds)
+            record = {
+                "tracking_uri": tracker.uri,
+                "experiment_id": parent.experiment_id,
+                "pipeline_run_id": execution,
+                "parent_run_id": parent.run_id,
+                "runs": {
+                    str(seed): {"run_id": run.run_id, "model_uri": uri}
+                    for seed, run, uri in zip(seeds, runs, uris, strict=True)
+                },
+            }
+        atomic_write_json(
+            staging / paths.HISTORY_NAME, history_table(dict(zip(seeds, histories, strict=True)))
+        )
         atomic_write_json(staging / paths.RUNS_NAME, record)
         replace_dir(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # gone already unless something failed
-    return histories
+    return dict(zip(seeds, histories, strict=True))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -51,7 +51,7 @@ def test_runs_land_in_the_default_store_with_one_execution_id(repo: Path) -> Non
     experiment = client.get_experiment_by_name("stage-test")
     runs = client.search_runs([experiment.experiment_id])
     assert sorted(r.info.run_name for r in runs) == [
-        "bn-seed0", "bn-seed1", "nobn-seed0", "nobn-seed1",
+        "bn", "bn-seed0", "bn-seed1", "nobn", "nobn-seed0", "nobn-seed1",
     ]  # fmt: skip
     assert len({r.data.tags["pipeline_run_id"] for r in runs}) == 1  # one `dvc repro`
     assert all("mlflow.source.git.commit" in r.data.tags for r in runs)
@@ -132,8 +132,8 @@ def test_plain_mlflow_ui_in_the_repo_root_shows_the_runs(repo: Path) -> None:
         experiment_id = experiment["experiment"]["experiment_id"]
         runs = call("/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment_id]})["runs"]
         names = sorted({run["info"]["run_name"] for run in runs})
-        assert names == ["bn-seed0", "bn-seed1", "nobn-seed0", "nobn-seed1"]
-        run_id = runs[0]["info"]["run_id"]
+        assert names == ["bn", "bn-seed0", "bn-seed1", "nobn", "nobn-seed0", "nobn-seed1"]
+        run_id = next(r["info"]["run_id"] for r in runs if r["info"]["run_name"] == "bn-seed0")
         history = call(f"/api/2.0/mlflow/metrics/get-history?run_id={run_id}&metric_key=test_loss")
         assert [m["step"] for m in history["metrics"]] == [1, 2]
     finally:

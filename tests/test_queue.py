@@ -75,7 +75,7 @@ def test_every_run_lands_in_the_main_repository_store(repo: Path) -> None:
     assert set(by_experiment) == set(EXPERIMENTS)
     for name, found in by_experiment.items():
         assert sorted(r.info.run_name for r in found) == [
-            "bn-seed0", "bn-seed1", "nobn-seed0", "nobn-seed1",
+            "bn", "bn-seed0", "bn-seed1", "nobn", "nobn-seed0", "nobn-seed1",
         ], name  # fmt: skip
         assert all(r.info.status == "FINISHED" for r in found)
         assert len({r.data.tags["pipeline_run_id"] for r in found}) == 1

@@ -19,9 +19,8 @@ import yaml
 
 from pipeline import cli, download, paths
 from pipeline.errors import PipelineError
-from pipeline.model import DeepMLP
 from pipeline.params import DataParams
-from pipeline.training import Diverged, make_optimizer, train_epoch, training_step
+from pipeline.training import Diverged, initial_model, make_optimizer, train_epoch, training_step
 
 from .conftest import free_port, run_stages, tiny_params, write_synthetic_idx
 from .test_training import synthetic_data
@@ -246,19 +245,22 @@ def test_training_refuses_corrupted_data_by_name(previous_run: Path) -> None:
 # --- divergence ---------------------------------------------------------------
 
 
-def test_a_non_finite_loss_is_caught_in_its_batch() -> None:
+def test_a_non_finite_loss_is_caught_in_its_batch_and_seed() -> None:
     data = synthetic_data(n_train=320)
     poisoned = 200
     data.train_x[poisoned, 0] = float("inf")
-    generator = torch.Generator().manual_seed(5)
-    order = torch.randperm(320, generator=torch.Generator().manual_seed(5))
-    batch = int((order == poisoned).nonzero()) // 32 + 1
-    model = DeepMLP(2, 8, batchnorm=False)
+    seeds = [5, 6]
+    # the batch in which each seed's order reaches the poisoned image
+    reached = [int((torch.randperm(320, generator=torch.Generator().manual_seed(s)) == poisoned)
+                   .nonzero()) // 32 + 1 for s in seeds]  # fmt: skip
+    first = min(range(2), key=lambda k: (reached[k], k))
+    model = initial_model(2, 8, False, seeds)
     optimizer = make_optimizer(model, 1e-3, [0.9, 0.999], 1e-8, 0.0)
+    generators = [torch.Generator().manual_seed(s) for s in seeds]
     with pytest.raises(Diverged) as caught:
         step = training_step(model, optimizer, data.train_x, data.train_y)
-        train_epoch(model, step, data.train_x, 32, generator)
-    assert caught.value.batch == batch
+        train_epoch(model, step, data.train_x, 32, generators)
+    assert (caught.value.batch, caught.value.seed_index) == (reached[first], first)
     assert not torch.isfinite(torch.tensor(caught.value.value))
 
 
@@ -280,10 +282,12 @@ def test_diverging_run_fails_with_reason_and_no_checkpoint(tmp_path: Path) -> No
     from mlflow.tracking import MlflowClient
 
     store = MlflowClient(f"sqlite:///{tmp_path}/store/mlflow.db")
-    (run,) = store.search_runs([store.get_experiment_by_name("diverging").experiment_id])
-    assert run.info.status == "FAILED"
-    assert run.data.tags["failure_reason"] == message
-    assert store.list_artifacts(run.info.run_id, "checkpoints") == []
+    runs = store.search_runs([store.get_experiment_by_name("diverging").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["nobn", "nobn-seed0"]
+    for run in runs:  # the seed's run and its parent
+        assert run.info.status == "FAILED"
+        assert run.data.tags["failure_reason"] == message
+        assert store.list_artifacts(run.info.run_id, "checkpoints") == []
 
 
 # --- interruption ---------------------------------------------------------------
@@ -351,8 +355,9 @@ def test_interrupted_training_ends_killed_and_keeps_nothing(
     )  # no staging folder, no partial checkpoint
     assert not (long_training / paths.TRAIN_REPORTS_DIR).exists()
     client = MlflowClient(f"sqlite:///{store}")
-    (run,) = client.search_runs([client.get_experiment_by_name("stage-test").experiment_id])
-    assert run.info.status == "KILLED"
+    runs = client.search_runs([client.get_experiment_by_name("stage-test").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["bn", "bn-seed0"]
+    assert all(run.info.status == "KILLED" for run in runs)
     # the next run starts cleanly and finishes
     params = yaml.safe_load((long_training / "params.yaml").read_text())
     params["train"]["epochs"] = 1

@@ -140,7 +140,7 @@ def test_runs_are_on_the_server(trained: Path, tracking_server: str) -> None:
     experiment = client.get_experiment_by_name("stage-test")
     runs = client.search_runs([experiment.experiment_id])
     assert sorted(r.info.run_name for r in runs) == [
-        "bn-seed0", "bn-seed1", "nobn-seed0", "nobn-seed1",
+        "bn", "bn-seed0", "bn-seed1", "nobn", "nobn-seed0", "nobn-seed1",
     ]  # fmt: skip
     assert all(r.info.status == "FINISHED" for r in runs)
     assert runs_of(trained, "bn")["tracking_uri"] == tracking_server

@@ -114,6 +114,8 @@ def test_run_tags(tmp_path: Path) -> None:
         "pipeline_run_id": "abc",
         "dvc_exp_name": "lucky-fox",
     }  # no commit yet: no commit tag
+    parent = tracking.run_tags("bn", None, "cpu (1 thread)", "abc", {}, tmp_path)
+    assert "seed" not in parent and parent["pipeline_run_id"] == "abc"
 
 
 @pytest.mark.parametrize(
@@ -218,8 +220,9 @@ def test_a_run_the_stage_never_ended_is_killed_by_the_helper(tmp_path: Path) -> 
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     tracker = tracking.Tracker(uri)
-    run = tracking.RemoteRun(tracker, tracker._ask("start_run", experiment="e", name="r",
-                                                   tags={}, params={}))  # fmt: skip
+    run = tracking.RemoteRun(tracker, "r0", tracker._ask("start_run", run="r0", experiment="e",
+                                                         name="r", tags={}, params={},
+                                                         parent=None))  # fmt: skip
     run_id = run.run_id
     tracker.process.stdin.close()
     assert tracker.process.wait(timeout=60) == 0
@@ -252,3 +255,43 @@ def test_a_failed_request_is_a_pipeline_error_naming_it(tmp_path: Path) -> None:
     logged = MlflowClient(uri).get_run(run.run_id)
     assert logged.info.status == "FAILED"
     assert "gone.png" in logged.data.tags["failure_reason"]
+
+
+def test_a_parent_run_with_nested_runs_open_at_once(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    with (
+        tracking.Tracker(uri) as tracker,
+        tracker.run("e", "bn", {"variant": "bn"}, {"lr": 0.1}) as parent,
+        tracker.run("e", "bn-seed0", {"seed": "0"}, {"lr": 0.1}, parent) as first,
+        tracker.run("e", "bn-seed1", {"seed": "1"}, {"lr": 0.1}, parent) as second,
+    ):
+        for epoch in (1, 2):  # interleaved, as stacked training logs them
+            first.log_epoch(epoch, {"loss": 1.0 / epoch})
+            second.log_epoch(epoch, {"loss": 2.0 / epoch})
+            parent.log_epoch(epoch, {"loss_mean": 1.5 / epoch})
+    client = MlflowClient(uri)
+    for child, expected in ((first, [1.0, 0.5]), (second, [2.0, 1.0])):
+        run = client.get_run(child.run_id)
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["mlflow.parentRunId"] == parent.run_id
+        assert [m.value for m in client.get_metric_history(child.run_id, "loss")] == expected
+    logged = client.get_run(parent.run_id)
+    assert logged.info.status == "FINISHED" and "mlflow.parentRunId" not in logged.data.tags
+    assert [m.step for m in client.get_metric_history(parent.run_id, "loss_mean")] == [1, 2]
+    assert logged.data.tags["mlflow.source.type"] == "LOCAL"  # MLflow's own tags, as before
+
+
+def test_nested_runs_left_open_are_all_killed_when_the_stage_dies(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = tracking.Tracker(uri)
+    started = [tracker._ask("start_run", run=f"r{k}", experiment="e", name=f"r{k}", tags={},
+                            params={}, parent="r0" if k else None) for k in range(3)]  # fmt: skip
+    run_ids = [answer.result()["run_id"] for answer in started]
+    tracker.process.stdin.close()  # as when the stage is killed
+    assert tracker.process.wait(timeout=60) == 0
+    client = MlflowClient(uri)
+    assert [client.get_run(r).info.status for r in run_ids] == ["KILLED"] * 3

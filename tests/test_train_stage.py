@@ -62,20 +62,14 @@ def test_checkpoint_describes_itself(workspace: Path, variant: str) -> None:
     assert checkpoint["metrics"]["test_accuracy"] == history["1"][-1]["test_accuracy"]
 
 
-def test_one_run_per_variant_and_seed_with_tags(workspace: Path, client) -> None:
+def test_one_parent_run_per_variant_with_a_nested_run_per_seed(workspace: Path, client) -> None:
     experiment = client.get_experiment_by_name("stage-test")
-    runs = client.search_runs([experiment.experiment_id])
-    assert sorted(r.info.run_name for r in runs) == [
-        "bn-seed0",
-        "bn-seed1",
-        "nobn-seed0",
-        "nobn-seed1",
-    ]
-    for run in runs:
-        variant, seed = run.info.run_name.split("-seed")
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    assert sorted(runs) == ["bn", "bn-seed0", "bn-seed1", "nobn", "nobn-seed0", "nobn-seed1"]
+    for name, run in runs.items():
+        variant, _, seed = name.partition("-seed")
         assert run.info.status == "FINISHED"
         assert run.data.tags["variant"] == variant
-        assert run.data.tags["seed"] == seed
         assert run.data.tags["pipeline_run_id"] == "test-execution"
         assert run.data.tags["device"].startswith("cpu")
         assert run.data.params["train.lr"] == "0.01"
@@ -83,6 +77,31 @@ def test_one_run_per_variant_and_seed_with_tags(workspace: Path, client) -> None
         assert "visualize.dpi" not in run.data.params  # only the sections training uses
         (dataset,) = run.inputs.dataset_inputs
         assert dataset.dataset.name == "mnist"
+        if seed:
+            assert run.data.tags["seed"] == seed
+            assert run.data.tags["mlflow.parentRunId"] == runs[variant].info.run_id
+        else:
+            assert "mlflow.parentRunId" not in run.data.tags
+            assert run.data.tags["seeds"] == "0, 1"
+    record = runs_file(workspace, "bn")
+    assert record["parent_run_id"] == runs["bn"].info.run_id
+    assert record["runs"]["1"]["run_id"] == runs["bn-seed1"].info.run_id
+
+
+@pytest.mark.parametrize("variant", ["bn", "nobn"])
+def test_the_parent_logs_the_mean_and_std_across_seeds_per_epoch(
+    workspace: Path, client, variant: str
+) -> None:
+    parent = runs_file(workspace, variant)["parent_run_id"]
+    history = json.loads((workspace / paths.MODELS_DIR / variant / "history.json").read_text())
+    for key in ("train_loss", "test_loss", "test_accuracy"):
+        means = client.get_metric_history(parent, f"{key}_mean")
+        stds = client.get_metric_history(parent, f"{key}_std")
+        assert [p.step for p in means] == [1, 2] and [p.step for p in stds] == [1, 2]
+        for epoch in (0, 1):
+            values = [history[seed][epoch][key] for seed in ("0", "1")]
+            assert means[epoch].value == pytest.approx(sum(values) / 2)
+            assert stds[epoch].value == pytest.approx(abs(values[0] - values[1]) / 2**0.5)
 
 
 @pytest.mark.parametrize("variant", ["bn", "nobn"])
