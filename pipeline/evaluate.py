@@ -1,9 +1,11 @@
 """Stage `evaluate`: every checkpoint of both variants on the 10,000 test images.
 
-Writes reports/metrics.json (DVC metrics: per variant, mean and std across
-seeds, and bn - nobn), reports/evaluation.json (per-class accuracy and
-confusion matrix per checkpoint) and the table reports/accuracy.md, and adds
-the numbers and the confusion matrix to each training run in MLflow.
+Writes reports/metrics.json (DVC metrics: per variant the mean across seeds
+with its std and 95% confidence interval; bn - nobn paired by seed, with its
+interval and p-value), reports/evaluation.json (per-class accuracy and
+confusion matrix per checkpoint) and the table reports/accuracy.md; adds the
+numbers and the confusion matrix to each seed's MLflow run, and the
+across-seed statistics to each variant's parent run.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ from torch.nn import functional as F
 from pipeline import paths, tracking
 from pipeline.checkpoint import checkpoints_of, load_checkpoint
 from pipeline.cli import run_stage, stage_parser
+from pipeline.errors import PipelineError
 from pipeline.files import atomic_write_json, atomic_write_text
 from pipeline.mnist import load_split
 from pipeline.model import CLASSES, VARIANTS, DeepMLP
 from pipeline.params import Params, load_params
-from pipeline.stats import mean_std
+from pipeline.stats import estimate, paired
 from pipeline.training import scale_images
 
 log = logging.getLogger("evaluate")
@@ -60,22 +63,53 @@ def evaluate_model(model: DeepMLP, x: torch.Tensor, y: torch.Tensor, batch_size:
     )
 
 
+KEYS = ("test_accuracy", "test_loss")
+
+
+def check_paired(evaluations: dict[str, dict[int, Evaluation]]) -> list[int]:
+    """The seeds, which must be the same for both variants: bn - nobn is
+    compared seed by seed (a seed's two models share initial weights and
+    batch order)."""
+    seeds = {variant: sorted(by_seed) for variant, by_seed in evaluations.items()}
+    if seeds["bn"] != seeds["nobn"]:
+        raise PipelineError(
+            f"{paths.MODELS_DIR}: the variants hold different seeds (bn: {seeds['bn']}, "
+            f"nobn: {seeds['nobn']}); they are compared seed by seed: "
+            "run `dvc repro train_bn train_nobn`"
+        )
+    return seeds["bn"]
+
+
 def summarize(evaluations: dict[str, dict[int, Evaluation]]) -> dict:
-    """reports/metrics.json: per variant mean and std across seeds, and bn - nobn."""
+    """reports/metrics.json: per variant the mean across seeds, the sample
+    std and the 95% t-interval of the mean; bn - nobn paired by seed, with
+    the interval of the mean difference and a two-sided paired t-test. With
+    one seed, stds, intervals and p-values are null (None)."""
+    seeds = check_paired(evaluations)
     metrics: dict = {}
     for variant, by_seed in evaluations.items():
-        entry: dict = {"seeds": len(by_seed)}
-        for key in ("test_accuracy", "test_loss"):
-            entry[key], entry[f"{key}_std"] = mean_std(getattr(e, key) for e in by_seed.values())
+        entry: dict = {"seeds": len(seeds)}
+        for key in KEYS:
+            spread = estimate([getattr(by_seed[seed], key) for seed in seeds])
+            entry[key], entry[f"{key}_std"] = spread.mean, spread.std
+            entry[f"{key}_ci95"] = _list(spread.ci95)
         entry["per_seed"] = {
             str(seed): {"test_accuracy": e.test_accuracy, "test_loss": e.test_loss}
-            for seed, e in by_seed.items()
+            for seed, e in sorted(by_seed.items())
         }
         metrics[variant] = entry
-    metrics["bn_minus_nobn"] = {
-        key: metrics["bn"][key] - metrics["nobn"][key] for key in ("test_accuracy", "test_loss")
-    }
+    difference: dict = {"seeds": len(seeds)}
+    for key in KEYS:
+        bn, nobn = ([getattr(evaluations[v][seed], key) for seed in seeds] for v in ("bn", "nobn"))
+        p = paired(bn, nobn)
+        difference[key], difference[f"{key}_std"] = p.mean, p.std
+        difference[f"{key}_ci95"], difference[f"{key}_p_value"] = _list(p.ci95), p.p_value
+    metrics["bn_minus_nobn"] = difference
     return metrics
+
+
+def _list(interval: tuple[float, float] | None) -> list[float] | None:
+    return list(interval) if interval is not None else None
 
 
 def details(evaluations: dict[str, dict[int, Evaluation]]) -> dict:
@@ -92,33 +126,70 @@ def details(evaluations: dict[str, dict[int, Evaluation]]) -> dict:
 def accuracy_table(metrics: dict) -> str:
     """The Markdown table of reports/accuracy.md."""
     lines = [
-        "| variant | seeds | test accuracy (%) | std | test loss |",
-        "|---|---:|---:|---:|---:|",
+        "| variant | seeds | test accuracy (%) | std | 95% CI | p (paired t-test) | test loss |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for variant in VARIANTS:
         m = metrics[variant]
         lines.append(
             f"| {variant} | {m['seeds']} | {100 * m['test_accuracy']:.2f} | "
-            f"{100 * m['test_accuracy_std']:.2f} | {m['test_loss']:.4f} |"
+            f"{_points(m['test_accuracy_std'])} | {_interval(m['test_accuracy_ci95'])} | | "
+            f"{m['test_loss']:.4f} |"
         )
     diff = metrics["bn_minus_nobn"]
+    p_value = diff["test_accuracy_p_value"]
     lines.append(
-        f"| bn - nobn | | {100 * diff['test_accuracy']:+.2f} | | {diff['test_loss']:+.4f} |"
+        f"| bn - nobn | {diff['seeds']} | {100 * diff['test_accuracy']:+.2f} | "
+        f"{_points(diff['test_accuracy_std'])} | {_interval(diff['test_accuracy_ci95'], '+')} | "
+        f"{'-' if p_value is None else f'{p_value:.2g}'} | {diff['test_loss']:+.4f} |"
     )
     return "\n".join(lines) + "\n"
 
 
-def log_to_mlflow(evaluations: dict[str, dict[int, Evaluation]], tracker: tracking.Tracker) -> None:
+def _points(fraction: float | None) -> str:
+    return "-" if fraction is None else f"{100 * fraction:.2f}"
+
+
+def _interval(interval: list[float] | None, sign: str = "") -> str:
+    if interval is None:
+        return "-"
+    low, high = (100 * x for x in interval)
+    return f"{low:{sign}.2f} to {high:{sign}.2f}"
+
+
+def parent_metrics(metrics: dict, variant: str) -> dict[str, float]:
+    """What evaluate adds to a variant's parent run: its mean, std and 95%
+    interval across seeds, and the paired bn - nobn comparison (on both
+    parents). MLflow metrics are numbers: what is null is left out."""
+    flat: dict[str, float | None] = {}
+    for prefix, entry in ((f"eval/{variant}", metrics[variant]),
+                          ("eval/bn_minus_nobn", metrics["bn_minus_nobn"])):  # fmt: skip
+        for key in KEYS:
+            flat[f"{prefix}/{key}"] = entry[key]
+            flat[f"{prefix}/{key}_std"] = entry[f"{key}_std"]
+            interval = entry[f"{key}_ci95"] or [None, None]
+            flat[f"{prefix}/{key}_ci95_low"], flat[f"{prefix}/{key}_ci95_high"] = interval
+            if f"{key}_p_value" in entry:
+                flat[f"{prefix}/{key}_p_value"] = entry[f"{key}_p_value"]
+    return {name: value for name, value in flat.items() if value is not None}
+
+
+def log_to_mlflow(
+    evaluations: dict[str, dict[int, Evaluation]], metrics: dict, tracker: tracking.Tracker
+) -> None:
     for variant, by_seed in evaluations.items():
-        run_ids = tracking.recorded_runs(paths.MODELS_DIR / variant / paths.RUNS_NAME)
+        runs_file = paths.MODELS_DIR / variant / paths.RUNS_NAME
+        run_ids = tracking.recorded_runs(runs_file)
         for seed, e in by_seed.items():
-            metrics = {"eval/test_accuracy": e.test_accuracy, "eval/test_loss": e.test_loss}
-            metrics |= {f"eval/class_{k}_accuracy": a for k, a in enumerate(e.class_accuracy)}
+            flat = {"eval/test_accuracy": e.test_accuracy, "eval/test_loss": e.test_loss}
+            flat |= {f"eval/class_{k}_accuracy": a for k, a in enumerate(e.class_accuracy)}
             tracker.log_to_run(
                 run_ids[seed],
-                metrics=metrics,
+                metrics=flat,
                 dicts={"evaluation/confusion_matrix.json": e.confusion},
             )
+        tracker.log_to_run(tracking.recorded_parent(runs_file),
+                           metrics=parent_metrics(metrics, variant))  # fmt: skip
 
 
 def evaluate_all(params: Params, tracker: tracking.Tracker) -> None:
@@ -143,7 +214,7 @@ def evaluate_all(params: Params, tracker: tracking.Tracker) -> None:
     atomic_write_json(paths.METRICS_FILE, metrics)
     atomic_write_json(paths.EVALUATION_FILE, details(evaluations))
     atomic_write_text(paths.ACCURACY_TABLE, accuracy_table(metrics))
-    log_to_mlflow(evaluations, tracker)
+    log_to_mlflow(evaluations, metrics, tracker)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

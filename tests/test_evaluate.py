@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import statistics
 from pathlib import Path
 
 import pytest
@@ -44,23 +46,73 @@ def test_evaluate_model_counts_and_loss(batch_size: int) -> None:
     assert result.class_accuracy[9] == 0.0  # no image of class 9: 0, not a division error
 
 
-def test_summary_has_means_stds_and_the_difference() -> None:
-    def e(accuracy: float, loss: float) -> Evaluation:
-        return Evaluation(accuracy, loss, [[0] * 10 for _ in range(10)])
+def e(accuracy: float, loss: float) -> Evaluation:
+    return Evaluation(accuracy, loss, [[0] * 10 for _ in range(10)])
 
+
+# t quantile for 2 degrees of freedom, 97.5%: from a printed table, to check scipy's use
+T_975_DF2 = 4.302652729911275
+
+
+def t_df2_two_sided_p(t: float) -> float:
+    """The two-sided p of a t statistic with 2 degrees of freedom, in closed
+    form: the CDF is 1/2 + t / (2 sqrt(2 + t^2))."""
+    return 1 - abs(t) / math.sqrt(2 + t * t)
+
+
+def test_summary_has_means_stds_intervals_and_the_paired_test() -> None:
     metrics = evaluate.summarize(
-        {"bn": {0: e(0.98, 0.1), 1: e(0.96, 0.3)}, "nobn": {0: e(0.95, 0.2), 1: e(0.95, 0.4)}}
+        {
+            "bn": {0: e(0.98, 0.1), 1: e(0.96, 0.3), 2: e(0.97, 0.2)},
+            "nobn": {0: e(0.95, 0.2), 1: e(0.95, 0.35), 2: e(0.93, 0.32)},
+        }
     )
-    assert metrics["bn"]["test_accuracy"] == pytest.approx(0.97)
-    assert metrics["bn"]["test_accuracy_std"] == pytest.approx(0.02 / 2**0.5)  # sample std
-    assert metrics["nobn"]["test_loss"] == pytest.approx(0.3)
-    assert metrics["bn"]["seeds"] == 2
-    assert metrics["bn"]["per_seed"]["1"] == {"test_accuracy": 0.96, "test_loss": 0.3}
-    assert metrics["bn_minus_nobn"]["test_accuracy"] == pytest.approx(0.02)
-    assert metrics["bn_minus_nobn"]["test_loss"] == pytest.approx(-0.1)
+    bn = metrics["bn"]
+    assert bn["seeds"] == 3
+    assert bn["test_accuracy"] == pytest.approx(0.97)
+    assert bn["test_accuracy_std"] == pytest.approx(0.01)  # sample std
+    half = T_975_DF2 * 0.01 / math.sqrt(3)
+    assert bn["test_accuracy_ci95"] == pytest.approx([0.97 - half, 0.97 + half])
+    assert metrics["nobn"]["test_loss"] == pytest.approx(0.29)
+    assert bn["per_seed"]["1"] == {"test_accuracy": 0.96, "test_loss": 0.3}
+    diff = metrics["bn_minus_nobn"]
+    differences = [0.03, 0.01, 0.04]  # bn - nobn, seed by seed
+    mean, std = sum(differences) / 3, statistics.stdev(differences)
+    assert diff["seeds"] == 3
+    assert diff["test_accuracy"] == pytest.approx(mean)
+    assert diff["test_accuracy_std"] == pytest.approx(std)
+    half = T_975_DF2 * std / math.sqrt(3)
+    assert diff["test_accuracy_ci95"] == pytest.approx([mean - half, mean + half])
+    t = mean / (std / math.sqrt(3))
+    assert diff["test_accuracy_p_value"] == pytest.approx(t_df2_two_sided_p(t))
+    assert diff["test_loss"] == pytest.approx(-0.09)
+    assert 0 < diff["test_loss_p_value"] < 1
     table = evaluate.accuracy_table(metrics)
-    assert "| bn | 2 | 97.00 | 1.41 | 0.2000 |" in table
-    assert "| bn - nobn | | +2.00 | | -0.1000 |" in table
+    assert "| bn | 3 | 97.00 | 1.00 | 94.52 to 99.48 | | 0.2000 |" in table
+    assert f"| bn - nobn | 3 | +2.67 | 1.53 | {100 * (mean - half):+.2f} to " in table
+    assert f"| {diff['test_accuracy_p_value']:.2g} | -0.0900 |" in table
+
+
+def test_one_seed_has_no_spread_interval_or_p_value() -> None:
+    metrics = evaluate.summarize({"bn": {0: e(0.98, 0.1)}, "nobn": {0: e(0.95, 0.2)}})
+    for entry in (metrics["bn"], metrics["bn_minus_nobn"]):
+        assert entry["seeds"] == 1
+        assert entry["test_accuracy_std"] is None and entry["test_accuracy_ci95"] is None
+    assert metrics["bn_minus_nobn"]["test_accuracy"] == pytest.approx(0.03)
+    assert metrics["bn_minus_nobn"]["test_accuracy_p_value"] is None
+    assert "| bn - nobn | 1 | +3.00 | - | - | - | -0.1000 |" in evaluate.accuracy_table(metrics)
+    parent = evaluate.parent_metrics(metrics, "bn")
+    assert parent == {
+        "eval/bn/test_accuracy": 0.98,
+        "eval/bn/test_loss": 0.1,
+        "eval/bn_minus_nobn/test_accuracy": pytest.approx(0.03),
+        "eval/bn_minus_nobn/test_loss": pytest.approx(-0.1),
+    }  # nothing null reaches MLflow
+
+
+def test_variants_with_different_seeds_cannot_be_paired() -> None:
+    with pytest.raises(PipelineError, match=r"different seeds \(bn: \[0, 1\], nobn: \[0\]\)"):
+        evaluate.summarize({"bn": {0: e(0.9, 0.1), 1: e(0.9, 0.1)}, "nobn": {0: e(0.9, 0.1)}})
 
 
 def test_no_checkpoints_says_what_to_run(tmp_path: Path) -> None:
@@ -116,6 +168,17 @@ def test_evaluation_lands_in_each_training_run(reported: Path, client) -> None:
         assert "eval/class_9_accuracy" in run.data.metrics
         path = client.download_artifacts(entry["run_id"], "evaluation/confusion_matrix.json")
         assert len(json.loads(Path(path).read_text())) == 10
+    parent = client.get_run(runs["parent_run_id"]).data.metrics
+    low, high = metrics["nobn"]["test_accuracy_ci95"]
+    assert parent["eval/nobn/test_accuracy"] == pytest.approx(metrics["nobn"]["test_accuracy"])
+    assert parent["eval/nobn/test_accuracy_ci95_low"] == pytest.approx(low)
+    assert parent["eval/nobn/test_accuracy_ci95_high"] == pytest.approx(high)
+    diff = metrics["bn_minus_nobn"]
+    assert parent["eval/bn_minus_nobn/test_accuracy"] == pytest.approx(diff["test_accuracy"])
+    if diff["test_accuracy_p_value"] is not None:
+        assert parent["eval/bn_minus_nobn/test_accuracy_p_value"] == pytest.approx(
+            diff["test_accuracy_p_value"]
+        )
 
 
 def test_a_run_missing_from_the_store_is_skipped_with_a_warning(tmp_path: Path, caplog) -> None:

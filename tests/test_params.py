@@ -44,7 +44,7 @@ def test_committed_params_are_the_seed_experiment() -> None:
     train = params.train
     assert (train.epochs, train.batch_size, train.lr) == (9, 64, 0.001)
     assert (train.betas, train.eps, train.weight_decay) == ([0.9, 0.999], 1e-8, 0.0)
-    assert (train.seeds, train.device) == ([0], "auto")
+    assert (train.seeds, train.device) == ([0, 1, 2, 3, 4], "auto")  # five seeds by default
     assert (params.data.source, params.data.verify) == ("auto", True)
     assert params.tracking.experiment == "batchnorm-mnist"
 
