@@ -190,3 +190,61 @@ def confusion_matrices(confusions: dict[str, np.ndarray]) -> Figure:
         fig.colorbar(shown, ax=ax, shrink=0.8, label="log(1 + count)")
     fig.suptitle("Confusion matrices on the test set (summed over seeds)")
     return fig
+
+
+def seed_accuracies(
+    values: dict[str, list[float]],
+    intervals: dict[str, list[float] | None],
+    post: dict[str, float],
+) -> Figure:
+    """Every seed's final test accuracy per variant (dots), their mean and 95%
+    CI, a line joining each seed's two models; beside it each seed's gain
+    (bn - nobn) with its mean and CI. `values` and `intervals` are fractions
+    keyed by bn, nobn and bn_minus_nobn, values in seed order; `post` the
+    original post's single-run figures, drawn as stars."""
+    fig = Figure(figsize=(10, 4.4))
+    fig.subplots_adjust(left=0.08, right=0.98, top=0.84, bottom=0.14, wspace=0.35)
+    accuracy, gain = fig.subplots(1, 2, gridspec_kw={"width_ratios": [2, 1]})
+    positions = {"bn": 0.0, "nobn": 1.0}
+    for a, b in zip(values["bn"], values["nobn"], strict=True):
+        accuracy.plot([0, 1], [100 * a, 100 * b], color="0.6", lw=1, zorder=1)
+    for variant, x in positions.items():
+        accuracy.scatter([x] * len(values[variant]), [100 * v for v in values[variant]],
+                         color=COLORS[variant], zorder=2, label=f"{variant}: one dot per seed")  # fmt: skip
+        _mean_and_interval(accuracy, x + 0.12, values[variant], intervals[variant])
+        accuracy.scatter([x - 0.12], [100 * post[variant]], marker="*", s=160, color="black",
+                         zorder=3, label="original post (one run)" if variant == "bn" else None,
+                         gid="post")  # fmt: skip
+    accuracy.set_xticks(list(positions.values()), [LABELS[v] for v in positions])
+    accuracy.set_xlim(-0.5, 1.5)
+    accuracy.set_ylabel("final test accuracy (%)")
+    accuracy.set_title("Per seed, joined by seed")
+    accuracy.grid(alpha=0.3, axis="y")
+    accuracy.legend(fontsize=7, loc="lower left")
+    differences = values["bn_minus_nobn"]
+    gain.axhline(0, color="0.4", lw=1, ls="--")
+    gain.scatter([0.0] * len(differences), [100 * d for d in differences], color="tab:green",
+                 zorder=2)  # fmt: skip
+    _mean_and_interval(gain, 0.12, differences, intervals["bn_minus_nobn"])
+    gain.scatter([-0.12], [100 * post["bn_minus_nobn"]], marker="*", s=160, color="black",
+                 zorder=3, gid="post")  # fmt: skip
+    gain.set_xticks([0.0], ["bn - nobn"])
+    gain.set_xlim(-0.5, 0.5)
+    gain.set_ylabel("gain (points)")
+    gain.set_title("BatchNorm's gain per seed")
+    gain.grid(alpha=0.3, axis="y")
+    seeds = len(differences)
+    fig.suptitle(
+        f"Final test accuracy of {seeds} seed{'s' if seeds > 1 else ''}: "
+        "mean with 95% CI (bars), original post (stars)"
+    )
+    return fig
+
+
+def _mean_and_interval(ax, x: float, values: list[float], interval: list[float] | None) -> None:
+    """A diamond at the mean, with the interval as an error bar (none with one seed)."""
+    mean = 100 * float(np.mean(values))
+    errors = None
+    if interval is not None:
+        errors = [[mean - 100 * interval[0]], [100 * interval[1] - mean]]
+    ax.errorbar([x], [mean], yerr=errors, fmt="D", color="black", capsize=4, zorder=3)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import base64
 import html
+import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pipeline.figures import LABELS, History
-from pipeline.stats import mean_std
+from pipeline.stats import difference_prediction, estimate, mean_std
 
 
 @dataclass(frozen=True)
@@ -73,30 +74,67 @@ def final_layer_means(history: History, variant: str, metric: str) -> list[float
     ]
 
 
-def findings(context: Context) -> list[str]:
-    """The short finding, generated from the numbers."""
-    m, epochs = context.metrics, context.params["train"]["epochs"]
-    bn, nobn = m["bn"], m["nobn"]
-    diff = 100 * m["bn_minus_nobn"]["test_accuracy"]
-    seeds = bn["seeds"]
-    spread = (
-        (
-            f" (mean ± std over {seeds} seeds: ±{pct(bn['test_accuracy_std'])} and "
-            f"±{pct(nobn['test_accuracy_std'])})"
+# The original post (the seed of this project): one model per variant, one
+# run each, PyTorch defaults; its printed test results after 9 epochs.
+POST_CORRECT = {"bn": 9783, "nobn": 9598}  # "Accuracy: 9783/10000"
+POST_AVERAGE_LOSS = {"bn": 0.0012, "nobn": 0.0025}  # "Average loss", printed to 4 decimals
+TEST_IMAGES = 10_000
+POST_TEST_BATCHES = math.ceil(TEST_IMAGES / 64)  # its test DataLoader: batch 64, 157 batches
+
+
+def post_accuracy(variant: str) -> float:
+    return POST_CORRECT[variant] / TEST_IMAGES
+
+
+def post_loss_per_image(variant: str) -> tuple[float, float, float]:
+    """The post's "Average loss" as a mean loss per image, with the range its
+    rounding to 4 decimals allows. It summed each test batch's mean loss and
+    divided by the number of images, so it is the per-image mean over
+    TEST_IMAGES / POST_TEST_BATCHES (about 64); converted back, that factor
+    is exact up to the last, smaller batch (16 images, weighted as 64)."""
+    factor = TEST_IMAGES / POST_TEST_BATCHES
+    printed = POST_AVERAGE_LOSS[variant]
+    return printed * factor, (printed - 0.00005) * factor, (printed + 0.00005) * factor
+
+
+def headline(metrics: dict, epochs: int) -> str:
+    """ "BatchNorm adds +X points of test accuracy (95% CI a to b; paired
+    t-test p = ...; N seeds)", and the two means."""
+    diff, seeds = metrics["bn_minus_nobn"], metrics["bn_minus_nobn"]["seeds"]
+    gain = 100 * diff["test_accuracy"]
+    verb = "adds" if gain > 0 else "changes test accuracy by"
+    what = f"BatchNorm {verb} {gain:+.2f} points{' of test accuracy' if gain > 0 else ''}"
+    if seeds > 1 and diff["test_accuracy_ci95"] is not None:
+        low, high = (100 * x for x in diff["test_accuracy_ci95"])
+        p = diff["test_accuracy_p_value"]
+        test = (
+            f"paired t-test p = {p:.2g}"
+            if p is not None
+            else "no t-test: every seed's gain is the same"
         )
-        if seeds > 1
-        else " (one seed)"
+        what += f" (95% CI {low:+.2f} to {high:+.2f}; {test}; {seeds} seeds)"
+    else:
+        what += (" (one seed: a confidence interval and a p-value need at least two; "
+                 "list more seeds in train.seeds)")  # fmt: skip
+    bn, nobn = metrics["bn"], metrics["nobn"]
+    return (
+        f"{what}. Test accuracy after {epochs} epochs, mean over seeds: "
+        f"{pct(bn['test_accuracy'])}%{_ci(bn['test_accuracy_ci95'])} with BatchNorm, "
+        f"{pct(nobn['test_accuracy'])}%{_ci(nobn['test_accuracy_ci95'])} without."
     )
-    verdict = "BatchNorm helped" if diff > 0 else "BatchNorm did not help here"
-    lines = [
-        f"{verdict}: with BatchNorm {pct(bn['test_accuracy'])}% test accuracy vs "
-        f"{pct(nobn['test_accuracy'])}% without, {diff:+.2f} points after {epochs} epochs"
-        f"{spread}."
-    ]
+
+
+def _ci(interval: list[float] | None) -> str:
+    return "" if interval is None else f" (95% CI {pct(interval[0])} to {pct(interval[1])})"
+
+
+def findings(context: Context) -> list[str]:
+    """The headline and the *why*, generated from the numbers."""
+    lines = [headline(context.metrics, context.params["train"]["epochs"])]
     dead = {v: final_layer_means(context.history, v, "dead_fraction") for v in LABELS}
     worst = max(range(len(dead["nobn"])), key=lambda k: dead["nobn"][k])
     lines.append(
-        f"Dead units (zero for every test image) after the last epoch: "
+        f"Dead units (zero for every test image) after the last epoch, mean over seeds: "
         f"{100 * statistics.fmean(dead['nobn']):.1f}% of hidden units without BatchNorm "
         f"(up to {100 * dead['nobn'][worst]:.0f}% in layer {worst + 1}), "
         f"{100 * statistics.fmean(dead['bn']):.1f}% with it."
@@ -121,6 +159,127 @@ def findings(context: Context) -> list[str]:
         "Mean weight-gradient norm in the last epoch, first / last hidden layer: "
         f"{grads['bn'][0]:.3f} / {grads['bn'][-1]:.3f} with BatchNorm, "
         f"{grads['nobn'][0]:.3f} / {grads['nobn'][-1]:.3f} without."
+    )
+    return lines
+
+
+def per_seed(metrics: dict, variant: str, key: str = "test_accuracy") -> list[float]:
+    """A variant's per-seed values, in seed order; for "bn_minus_nobn", the
+    paired differences."""
+    if variant == "bn_minus_nobn":
+        bn, nobn = per_seed(metrics, "bn", key), per_seed(metrics, "nobn", key)
+        return [a - b for a, b in zip(bn, nobn, strict=True)]
+    by_seed = metrics[variant]["per_seed"]
+    return [by_seed[seed][key] for seed in sorted(by_seed, key=int)]
+
+
+def _inside(value: float, interval: tuple[float, float] | list[float] | None) -> bool:
+    return interval is not None and interval[0] <= value <= interval[1]
+
+
+def _range(interval: tuple[float, float] | list[float] | None, sign: str = "") -> str:
+    if interval is None:
+        return "-"
+    return f"{100 * interval[0]:{sign}.2f} to {100 * interval[1]:{sign}.2f}"
+
+
+def reproduction(metrics: dict) -> tuple[Table, list[str]]:
+    """The original post's single-run figures beside this run's seeds, and a
+    verdict in plain words computed from them (see `verdict`)."""
+    post = {v: post_accuracy(v) for v in ("bn", "nobn")}
+    post["bn_minus_nobn"] = post["bn"] - post["nobn"]
+    predictions = {v: estimate(per_seed(metrics, v)).prediction95 for v in ("bn", "nobn")}
+    # The post's gain compares two independently started runs: the interval
+    # for it is that of an unpaired difference, not of a seed's paired gain.
+    predictions["bn_minus_nobn"] = difference_prediction(
+        per_seed(metrics, "bn"), per_seed(metrics, "nobn")
+    )
+    rows = []
+    for variant, label in (("bn", "with BatchNorm"), ("nobn", "without BatchNorm"),
+                           ("bn_minus_nobn", "gain (bn - nobn)")):  # fmt: skip
+        sign = "+" if variant == "bn_minus_nobn" else ""
+        values = per_seed(metrics, variant)
+        rows.append([label, f"{100 * post[variant]:{sign}.2f}",
+                     f"{100 * metrics[variant]['test_accuracy']:{sign}.2f}",
+                     _range(metrics[variant]["test_accuracy_ci95"], sign),
+                     _range(predictions[variant], sign),
+                     ", ".join(f"{100 * v:{sign}.2f}" for v in values)])  # fmt: skip
+    for variant, label in (("bn", "with BatchNorm"), ("nobn", "without BatchNorm")):
+        losses = per_seed(metrics, variant, "test_loss")
+        converted, low, high = post_loss_per_image(variant)
+        rows.append([f"test loss per image, {label}",
+                     f"{converted:.3f} ({low:.3f} to {high:.3f})", f"{metrics[variant]['test_loss']:.3f}",
+                     _loss_range(metrics[variant]["test_loss_ci95"]),
+                     _loss_range(estimate(losses).prediction95),
+                     ", ".join(f"{v:.3f}" for v in losses)])  # fmt: skip
+    table = Table(["", "original post (one run)", "this run: mean", "95% CI of the mean",
+                   "95% prediction interval, one run", "per seed"], rows)  # fmt: skip
+    return table, verdict(metrics, post, predictions)
+
+
+def _loss_range(interval: list[float] | tuple[float, float] | None) -> str:
+    return "-" if interval is None else f"{interval[0]:.3f} to {interval[1]:.3f}"
+
+
+def verdict(
+    metrics: dict, post: dict[str, float], predictions: dict[str, tuple[float, float] | None]
+) -> list[str]:
+    """The plain-words verdict: does each of the post's accuracies fall in
+    the 95% prediction interval of one run here; does its gain fall in the
+    95% CI of the mean gain (is it the average effect) and in the
+    prediction interval of one unpaired pair of runs (is it a plausible
+    single comparison); and does the mean gain's CI exclude zero."""
+    seeds = metrics["bn_minus_nobn"]["seeds"]
+    if seeds < 2:
+        return [
+            "With one seed there is no spread to compare the post against: no interval can "
+            "say whether its figures are what this setup gives. List several seeds in "
+            "train.seeds (the default is five)."
+        ]
+    lines = []
+    plausible = {}
+    for variant, label in (("bn", "with BatchNorm"), ("nobn", "without BatchNorm")):
+        interval = predictions[variant]
+        plausible[variant] = _inside(post[variant], interval)
+        lines.append(
+            f"The post's {pct(post[variant])}% {label} is "
+            f"{'inside' if plausible[variant] else 'outside'} the 95% prediction interval "
+            f"for one run here ({_range(interval)})"
+            + ("." if plausible[variant] else ": a single run of this setup rarely scores that.")
+        )
+    gain, ci = post["bn_minus_nobn"], metrics["bn_minus_nobn"]["test_accuracy_ci95"]
+    mean_gain = 100 * metrics["bn_minus_nobn"]["test_accuracy"]
+    in_ci = _inside(gain, ci)
+    plausible["gain"] = _inside(gain, predictions["bn_minus_nobn"])
+    direction = "over" if gain > mean_gain / 100 else "under"
+    lines.append(
+        f"Its gain of {100 * gain:+.2f} points is {'inside' if in_ci else 'outside'} the 95% CI "
+        f"of the mean gain ({_range(ci, '+')}, mean {mean_gain:+.2f})"
+        + ("" if in_ci else f": it {direction}states the average effect")
+        + ". The post's two models did not share initial weights or batch order, so its gain "
+        "is the difference of two independent runs, which varies more than a seed's paired "
+        f"gain: the 95% prediction interval for such a difference here is "
+        f"{_range(predictions['bn_minus_nobn'], '+')}, and {100 * gain:+.2f} lies "
+        f"{'inside' if plausible['gain'] else 'outside'} it."
+    )
+    excludes_zero = ci is not None and (ci[0] > 0 or ci[1] < 0)
+    effect = (
+        f"BatchNorm {'helps' if mean_gain > 0 else 'hurts'} here: with {seeds} seeds the CI "
+        "of the mean gain excludes zero"
+        if excludes_zero
+        else f"with {seeds} seeds the CI of the mean gain includes zero: these seeds cannot "
+        "tell BatchNorm's effect from none"
+    )
+    consistent = all(plausible.values())
+    lines.append(
+        "Verdict: "
+        + (
+            "the post's figures are what a single run of this setup can give"
+            if consistent
+            else "the post's figures are not all what a single run of this setup gives"
+        )
+        + ("" if in_ci else ", though its gain is not the average one")
+        + f"; {effect}."
     )
     return lines
 
@@ -172,7 +331,9 @@ def build(context: Context) -> list[Block]:
                 LABELS[variant],
                 str(v["seeds"]),
                 pct(v["test_accuracy"]),
-                pct(v["test_accuracy_std"]),
+                _range(v["test_accuracy_ci95"]),
+                "-" if v["test_accuracy_std"] is None else pct(v["test_accuracy_std"]),
+                "",
                 pct(best),
                 f"{best_epoch:g}",
                 f"{v['test_loss']:.4f}",
@@ -180,12 +341,15 @@ def build(context: Context) -> list[Block]:
             ]
         )
     diff = m["bn_minus_nobn"]
+    p_value = diff["test_accuracy_p_value"]
     accuracy_rows.append(
         [
-            "bn - nobn",
-            "",
+            "bn - nobn (paired)",
+            str(diff["seeds"]),
             f"{100 * diff['test_accuracy']:+.2f}",
-            "",
+            _range(diff["test_accuracy_ci95"], "+"),
+            "-" if diff["test_accuracy_std"] is None else pct(diff["test_accuracy_std"]),
+            "-" if p_value is None else f"{p_value:.2g}",
             "",
             "",
             f"{diff['test_loss']:+.4f}",
@@ -205,20 +369,31 @@ def build(context: Context) -> list[Block]:
     ]
     run_rows += [[f"SHA-256 {name}", digest] for name, digest in sorted(context.digests.items())]
     figures = context.figures
+    post_table, post_verdict = reproduction(m)
+    intervals = (
+        "95% CI: t-interval of the mean over seeds; the bn - nobn row pairs each seed's two "
+        "models (same initial weights, same batch order) and tests the mean difference with a "
+        "two-sided paired t-test."
+        if diff["seeds"] > 1
+        else "One seed: no interval or test (they need at least two seeds)."
+    )
     return [
         Heading("BatchNorm vs no BatchNorm: a deep, narrow MLP on MNIST", 1),
         *(Paragraph(line) for line in findings(context)),
         Heading("Accuracy"),
         Paragraph(
             "Test accuracy (%) on the 10,000 MNIST test images after the last epoch, "
-            "mean and std across seeds; best epoch and time per epoch from training."
+            "mean across seeds with its 95% confidence interval and the seeds' sample std; "
+            f"best epoch and time per epoch (all seeds together) from training. {intervals}"
         ),
         Table(
             [
                 "variant",
                 "seeds",
                 "final accuracy",
+                "95% CI",
                 "std",
+                "p (paired t-test)",
                 "best accuracy",
                 "best epoch",
                 "final test loss",
@@ -226,8 +401,29 @@ def build(context: Context) -> list[Block]:
             ],
             accuracy_rows,
         ),
+        Image(figures["seed_accuracies"], "Every seed's final test accuracy, paired by seed"),
         Paragraph("Per class, test accuracy (%), mean (and std) across seeds:"),
         Table(class_header, class_rows),
+        Heading("Reproducing the original post"),
+        Paragraph(
+            "The post trained one model per variant, once, and reports "
+            f"{pct(post_accuracy('bn'))}% ({POST_CORRECT['bn']}/{TEST_IMAGES}) with BatchNorm "
+            f"and {pct(post_accuracy('nobn'))}% ({POST_CORRECT['nobn']}/{TEST_IMAGES}) without. "
+            "A single run is one draw from a distribution that this run samples with several "
+            "seeds: the prediction interval is where one more run of this setup would fall, "
+            "the CI is where the mean lies. For the gain, the prediction interval is that of one "
+            "pair of independently started runs, as the post's were. Accuracies in %, the gain "
+            "in points."
+        ),
+        Paragraph(
+            f'Its "Average loss" ({POST_AVERAGE_LOSS["bn"]} and {POST_AVERAGE_LOSS["nobn"]}) '
+            f"adds up the mean loss of each of its {POST_TEST_BATCHES} test batches of 64 and "
+            f"divides by the {TEST_IMAGES:,} images, so it is the mean loss per image divided by "
+            f"about {TEST_IMAGES / POST_TEST_BATCHES:.1f}. Below it is converted to a mean per "
+            "image (with the range its rounding to 4 decimals allows) beside ours."
+        ),
+        post_table,
+        *(Paragraph(line) for line in post_verdict),
         Heading("Training curves"),
         Image(figures["training_curves"], "Train loss, test loss and test accuracy per epoch"),
         Heading("Why: inside the network"),

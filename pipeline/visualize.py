@@ -2,9 +2,9 @@
 
 Reads the checkpoints and training histories of both variants, the
 evaluation (reports/metrics.json, reports/evaluation.json) and the test
-images; writes five PNG figures, reports/report.md and the self-contained
-reports/report.html, and attaches figures and report to every training run
-in MLflow.
+images; writes six PNG figures, reports/report.md and the self-contained
+reports/report.html, and attaches figures and report to each variant's
+parent run in MLflow.
 """
 
 from __future__ import annotations
@@ -69,6 +69,9 @@ def draw_all(params: VisualizeParams, tracker: tracking.Tracker) -> None:
     batch = scale_images(images[: params.distribution_images])
     history = {v: read_json(paths.MODELS_DIR / v / paths.HISTORY_NAME, RETRAIN) for v in VARIANTS}
     evaluation = read_json(paths.EVALUATION_FILE, "run `dvc repro evaluate`")
+    metrics = read_json(paths.METRICS_FILE, "run `dvc repro evaluate`")
+    compared = ("bn", "nobn", "bn_minus_nobn")
+    post = {v: report.post_accuracy(v) for v in VARIANTS}
     confusions = {
         v: np.sum([np.array(s["confusion"]) for s in evaluation[v].values()], axis=0)
         for v in VARIANTS
@@ -86,6 +89,11 @@ def draw_all(params: VisualizeParams, tracker: tracking.Tracker) -> None:
         "training_curves": figures.training_curves(history),
         "layer_diagnostics": figures.layer_diagnostics(history),
         "confusion_matrices": figures.confusion_matrices(confusions),
+        "seed_accuracies": figures.seed_accuracies(
+            {v: report.per_seed(metrics, v) for v in compared},
+            {v: metrics[v]["test_accuracy_ci95"] for v in compared},
+            post | {"bn_minus_nobn": post["bn"] - post["nobn"]},
+        ),
     }
     written = []
     for name, fig in drawn.items():
@@ -99,7 +107,7 @@ def draw_all(params: VisualizeParams, tracker: tracking.Tracker) -> None:
         commit=checkpoint.get("git_commit") or tracking.git_commit(Path.cwd()) or "unknown",
         device=checkpoint["device"],
         date=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        metrics=read_json(paths.METRICS_FILE, "run `dvc repro evaluate`"),
+        metrics=metrics,
         evaluation=evaluation,
         history=history,
         figures={
@@ -110,9 +118,9 @@ def draw_all(params: VisualizeParams, tracker: tracking.Tracker) -> None:
     atomic_write_text(paths.REPORT_MD, report.render_markdown(blocks))
     atomic_write_text(paths.REPORT_HTML, report.render_html(blocks, paths.REPORTS_DIR))
     log.info("wrote %d figures, %s and %s", len(written), paths.REPORT_MD, paths.REPORT_HTML)
-    for variant in VARIANTS:
-        for run_id in tracking.recorded_runs(paths.MODELS_DIR / variant / paths.RUNS_NAME).values():
-            tracker.log_to_run(run_id, files=[*written, paths.REPORT_HTML], folder="report")
+    for variant in VARIANTS:  # on the parent runs, one level above each seed's run
+        parent = tracking.recorded_parent(paths.MODELS_DIR / variant / paths.RUNS_NAME)
+        tracker.log_to_run(parent, files=[*written, paths.REPORT_HTML], folder="report")
 
 
 if __name__ == "__main__":

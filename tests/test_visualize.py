@@ -20,6 +20,7 @@ FIGURES = [
     "training_curves",
     "layer_diagnostics",
     "confusion_matrices",
+    "seed_accuracies",
 ]
 
 
@@ -115,14 +116,19 @@ def test_report_numbers_equal_metrics_json(reported: Path) -> None:
     metrics = json.loads((reported / paths.METRICS_FILE).read_text())
     text = (reported / paths.REPORT_MD).read_text()
     for variant, label in (("bn", "with BatchNorm"), ("nobn", "without BatchNorm")):
-        accuracy = f"{100 * metrics[variant]['test_accuracy']:.2f}"
-        std = f"{100 * metrics[variant]['test_accuracy_std']:.2f}"
-        assert f"| {label} | 2 | {accuracy} | {std} |" in text
-    diff = 100 * metrics["bn_minus_nobn"]["test_accuracy"]
-    assert f"{diff:+.2f} points after 2 epochs" in text
-    assert f"| bn - nobn |  | {diff:+.2f} |" in text
+        m = metrics[variant]
+        low, high = (100 * x for x in m["test_accuracy_ci95"])
+        row = (f"| {label} | 2 | {100 * m['test_accuracy']:.2f} | {low:.2f} to {high:.2f} | "
+               f"{100 * m['test_accuracy_std']:.2f} |")  # fmt: skip
+        assert row in text
+    diff = metrics["bn_minus_nobn"]
+    gain = 100 * diff["test_accuracy"]
+    assert text.splitlines()[2].startswith(f"BatchNorm {'adds' if gain > 0 else 'changes'}")
+    assert f"{gain:+.2f} points" in text.splitlines()[2]
+    assert f"| bn - nobn (paired) | 2 | {gain:+.2f} |" in text
     for name in FIGURES:
         assert f"(figures/{name}.png)" in text
+    assert "## Reproducing the original post" in text
 
 
 def test_report_says_what_was_run(reported: Path) -> None:
@@ -147,12 +153,12 @@ def test_html_is_self_contained(reported: Path) -> None:
     assert f"<td>{100 * metrics['bn']['test_accuracy']:.2f}</td>" in page
 
 
-def test_figures_and_report_are_attached_to_every_run(reported: Path, client) -> None:
+def test_figures_and_report_are_attached_to_each_parent_run(reported: Path, client) -> None:
     for variant in ("bn", "nobn"):
         runs = json.loads((reported / paths.MODELS_DIR / variant / paths.RUNS_NAME).read_text())
-        for entry in runs["runs"].values():
-            names = {Path(a.path).name for a in client.list_artifacts(entry["run_id"], "report")}
-            assert names == {f"{n}.png" for n in FIGURES} | {"report.html"}
+        parent = runs["parent_run_id"]
+        names = {Path(a.path).name for a in client.list_artifacts(parent, "report")}
+        assert names == {f"{n}.png" for n in FIGURES} | {"report.html"}
 
 
 def test_sample_index_beyond_the_test_set_is_refused(reported: Path, tmp_path: Path) -> None:
@@ -162,16 +168,79 @@ def test_sample_index_beyond_the_test_set_is_refused(reported: Path, tmp_path: P
         run_stages(tmp_path, ["visualize"])
 
 
-def test_findings_follow_the_numbers() -> None:
-    history = fake_history(depth=2, epochs=3, seeds=1)
-    metrics = {
-        "bn": {"test_accuracy": 0.95, "test_accuracy_std": 0.0, "seeds": 1, "test_loss": 0.2},
-        "nobn": {"test_accuracy": 0.96, "test_accuracy_std": 0.0, "seeds": 1, "test_loss": 0.1},
-        "bn_minus_nobn": {"test_accuracy": -0.01, "test_loss": 0.1},
-    }
-    context = report.Context(params={"model": {}, "train": {"epochs": 3}}, digests={},
-                             commit="", device="", date="", metrics=metrics, evaluation={},
-                             history=history, figures={})  # fmt: skip
-    first = report.findings(context)[0]
-    assert first.startswith("BatchNorm did not help here: with BatchNorm 95.00%")
-    assert "-1.00 points after 3 epochs (one seed)" in first
+def metrics_of(bn: list[float], nobn: list[float]) -> dict:
+    """metrics.json as evaluate writes it, for these per-seed accuracies."""
+    from pipeline.evaluate import Evaluation, summarize
+
+    def by_seed(values: list[float]) -> dict:
+        return {k: Evaluation(v, 1.0 - v, [[0] * 10] * 10) for k, v in enumerate(values)}
+
+    return summarize({"bn": by_seed(bn), "nobn": by_seed(nobn)})
+
+
+def test_the_headline_gives_the_gain_its_interval_and_p() -> None:
+    metrics = metrics_of([0.976, 0.975, 0.978, 0.9755], [0.966, 0.96, 0.968, 0.963])
+    line = report.headline(metrics, epochs=9)
+    diff = metrics["bn_minus_nobn"]
+    low, high = (100 * x for x in diff["test_accuracy_ci95"])
+    assert line.startswith(
+        f"BatchNorm adds +{100 * diff['test_accuracy']:.2f} points of test accuracy "
+        f"(95% CI {low:+.2f} to {high:+.2f}; paired t-test p = "
+        f"{diff['test_accuracy_p_value']:.2g}; 4 seeds)."
+    )
+    assert "after 9 epochs" in line and "with BatchNorm" in line
+
+
+def test_one_seed_says_why_there_is_no_interval() -> None:
+    metrics = metrics_of([0.95], [0.96])
+    line = report.headline(metrics, epochs=3)
+    assert line.startswith("BatchNorm changes test accuracy by -1.00 points (one seed: a "
+                           "confidence interval and a p-value need at least two")  # fmt: skip
+    _, verdict = report.reproduction(metrics)
+    assert verdict == [pytest.approx(verdict[0])] and "one seed" in verdict[0].lower()
+
+
+def test_the_posts_loss_is_converted_to_a_mean_per_image() -> None:
+    mean, low, high = report.post_loss_per_image("bn")  # printed 0.0012: sums 157 batch means
+    assert mean == pytest.approx(0.0012 * 10000 / 157)
+    assert low == pytest.approx(0.00115 * 10000 / 157) and high == pytest.approx(
+        0.00125 * 10000 / 157
+    )
+
+
+def test_the_verdict_follows_the_numbers() -> None:
+    # Close to the post (97.83 / 95.98): both single runs plausible, gain within reach.
+    near = metrics_of([0.976, 0.979, 0.977, 0.9785, 0.975], [0.962, 0.958, 0.961, 0.96, 0.963])
+    table, verdict = report.reproduction(near)
+    assert [row[0] for row in table.rows][:3] == [
+        "with BatchNorm", "without BatchNorm", "gain (bn - nobn)",
+    ]  # fmt: skip
+    assert table.rows[0][1] == "97.83" and table.rows[2][1] == "+1.85"
+    assert "97.83% with BatchNorm is inside" in verdict[0]
+    assert "95.98% without BatchNorm is inside" in verdict[1]
+    assert verdict[-1].startswith("Verdict: the post's figures are what a single run")
+    assert "BatchNorm helps here" in verdict[-1]
+    # Far from it: every seed far above the post without BatchNorm, no gain at all.
+    far = metrics_of([0.981, 0.982, 0.980, 0.9815], [0.980, 0.9825, 0.9805, 0.981])
+    _, verdict = report.reproduction(far)
+    assert "95.98% without BatchNorm is outside" in verdict[1]
+    assert "+1.85 points is outside the 95% CI of the mean gain" in verdict[2]
+    assert verdict[-1].startswith("Verdict: the post's figures are not all what")
+    assert "includes zero" in verdict[-1]
+
+
+def test_seed_figure_draws_every_seed_its_pairs_and_the_post() -> None:
+    values = {"bn": [0.97, 0.98, 0.975], "nobn": [0.96, 0.955, 0.965]}
+    values["bn_minus_nobn"] = [a - b for a, b in zip(values["bn"], values["nobn"], strict=True)]
+    intervals = {"bn": [0.96, 0.99], "nobn": [0.95, 0.97], "bn_minus_nobn": [0.0, 0.03]}
+    fig = figures.seed_accuracies(values, intervals, {"bn": 0.9783, "nobn": 0.9598,
+                                                      "bn_minus_nobn": 0.0185})  # fmt: skip
+    accuracy, gain = panels(fig)
+    pairs = [line for line in accuracy.get_lines() if len(line.get_xdata()) == 2]
+    assert len(pairs) == 3  # one line per seed, joining its two models
+    assert list(pairs[1].get_ydata()) == pytest.approx([98.0, 95.5])
+    dots = [c for c in accuracy.collections if len(c.get_offsets()) == 3]
+    assert len(dots) == 2  # three seeds per variant
+    stars = [c for c in accuracy.collections + gain.collections if c.get_gid() == "post"]
+    assert sorted(round(float(c.get_offsets()[0][1]), 2) for c in stars) == [1.85, 95.98, 97.83]
+    assert "3 seeds" in fig.get_suptitle()
