@@ -9,8 +9,12 @@ plus the test-set pass) of
             per-layer diagnostics (pipeline/training.py);
   project with autograd's backward instead, to measure what backprop.py saves;
   project without diagnostics, to measure what the diagnostics cost;
-  on CUDA, the project loop with its step in a CUDA graph (train.cuda_graph);
+  project with --seeds seeds stacked (default: as many as train.seeds), the
+            train stage's epoch, to set against one seed's;
+  on CUDA, the project loop with its step in a CUDA graph (train.cuda_graph),
+            for one seed and for the stacked seeds;
 interleaved (A B C A B C ...), with the same model, batch size and threads.
+The project loops train one seed (a stack of one) unless said otherwise.
 It prints each epoch, the medians and ratios; the last line is JSON.
 """
 
@@ -32,7 +36,14 @@ from pipeline.device import configure_threads, select_device
 from pipeline.mnist import load_mnist
 from pipeline.model import VARIANTS, DeepMLP
 from pipeline.params import load_params
-from pipeline.training import evaluate, make_optimizer, to_device, train_epoch, training_step
+from pipeline.training import (
+    evaluate,
+    initial_model,
+    make_optimizer,
+    to_device,
+    train_epoch,
+    training_step,
+)
 
 log = logging.getLogger("bench")
 
@@ -62,22 +73,28 @@ def classic_epoch(
 
 def compare(times: dict[str, list[float]]) -> dict[str, float]:
     """Medians per loop, the speedup of the project loop, what its hand-written
-    backward gains over autograd's, and the diagnostics' cost."""
-    names = ("baseline", "project", "project_autograd", "project_no_diagnostics")
-    baseline, project, autograd, bare = (statistics.median(times[name]) for name in names)
+    backward gains over autograd's, the diagnostics' cost, and what the
+    stacked seeds' epoch costs against one seed's."""
+    names = ("baseline", "project", "project_autograd", "project_no_diagnostics", "project_seeds")
+    baseline, project, autograd, bare, seeds = (statistics.median(times[name]) for name in names)
     result = {
         "baseline_epoch_s": round(baseline, 3),
         "project_epoch_s": round(project, 3),
         "project_autograd_epoch_s": round(autograd, 3),
         "project_no_diagnostics_epoch_s": round(bare, 3),
+        "project_seeds_epoch_s": round(seeds, 3),
         "speedup": round(baseline / project, 2),
         "manual_backward_speedup": round(autograd / project, 2),
         "diagnostics_overhead": round(project / bare - 1, 3),
+        "seeds_ratio": round(seeds / project, 2),
     }
     if "project_cuda_graph" in times:
         graph = statistics.median(times["project_cuda_graph"])
+        graph_seeds = statistics.median(times["project_seeds_cuda_graph"])
         result["cuda_graph_epoch_s"] = round(graph, 3)
         result["cuda_graph_speedup"] = round(baseline / graph, 2)
+        result["cuda_graph_seeds_epoch_s"] = round(graph_seeds, 3)
+        result["cuda_graph_seeds_ratio"] = round(graph_seeds / graph, 2)
     return result
 
 
@@ -96,8 +113,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--device", default=None, help="default: train.device from params")
     parser.add_argument("--variant", choices=sorted(VARIANTS), default="bn")
     parser.add_argument("--repeats", type=int, default=5, help="epochs per loop (default 5)")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help="seeds stacked in the seeds loop (default: len(train.seeds))")  # fmt: skip
     args = parser.parse_args(argv)
     params = load_params(args.params)
+    seeds = args.seeds or len(params.train.seeds)
     device = select_device(args.device or params.train.device)
     configure_threads(params.train.cpu_threads)
     from torch.utils.data import DataLoader
@@ -113,45 +133,45 @@ def main(argv: Sequence[str] | None = None) -> None:
     t = params.train
     batchnorm = VARIANTS[args.variant]
 
-    def model_and_optimizer(classic: bool = False, capturable: bool = False):
+    def classic_model() -> tuple[DeepMLP, torch.optim.Optimizer]:
         torch.manual_seed(0)
         model = DeepMLP(depth, width, batchnorm).to(device)
-        if classic:
-            return model, torch.optim.Adam(model.parameters(), lr=t.lr)
-        return model, make_optimizer(model, t.lr, t.betas, t.eps, t.weight_decay, capturable)
-
-    generator = torch.Generator().manual_seed(0)
+        return model, torch.optim.Adam(model.parameters(), lr=t.lr)
 
     def project_loop(
-        diagnostics: bool = True, graph: bool = False, use_autograd: bool = False
+        diagnostics: bool = True, graph: bool = False, use_autograd: bool = False, count: int = 1
     ) -> Callable[[], None]:
-        """An epoch as the train stage runs it (or without its diagnostics, or
-        with autograd's backward)."""
-        model, optimizer = model_and_optimizer(capturable=graph)
+        """An epoch as the train stage runs it, for `count` stacked seeds (or
+        without its diagnostics, or with autograd's backward)."""
+        model = initial_model(depth, width, batchnorm, list(range(count))).to(device)
+        optimizer = make_optimizer(model, t.lr, t.betas, t.eps, t.weight_decay, graph)
         step = training_step(
             model, optimizer, data.train_x, data.train_y, diagnostics, use_autograd
         )
         graphed = CudaGraphStep(step, model, optimizer, batch_size, device) if graph else None
+        generators = [torch.Generator().manual_seed(seed) for seed in range(count)]
 
         def epoch() -> None:
-            train_epoch(model, step, data.train_x, batch_size, generator, None, graphed)
+            train_epoch(model, step, data.train_x, batch_size, generators, None, graphed)
             if diagnostics:
                 evaluate(model, data.test_x, data.test_y)
             else:
                 with torch.no_grad():
-                    (model.eval()(data.test_x).argmax(1) == data.test_y).float().mean().item()
+                    (model.eval()(data.test_x).argmax(2) == data.test_y).float().mean().item()
 
         return epoch
 
-    base_model, base_opt = model_and_optimizer(classic=True)
+    base_model, base_opt = classic_model()
     loops = {
         "baseline": lambda: classic_epoch(base_model, base_opt, train_loader, test_loader, device),
         "project": project_loop(),
         "project_autograd": project_loop(use_autograd=True),
         "project_no_diagnostics": project_loop(diagnostics=False),
+        "project_seeds": project_loop(count=seeds),
     }
     if device.type == "cuda":  # the train stage's default there: train.cuda_graph auto
         loops["project_cuda_graph"] = project_loop(graph=True)
+        loops["project_seeds_cuda_graph"] = project_loop(graph=True, count=seeds)
     times: dict[str, list[float]] = {name: [] for name in loops}
     log.info(
         "device %s, %s model, batch %d, %d threads",
@@ -168,6 +188,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "device": str(device),
         "variant": args.variant,
         "batch_size": batch_size,
+        "threads": torch.get_num_threads(),
+        "seeds": seeds,
         "repeats": args.repeats,
     } | compare(times)
     baseline, project_s = result["baseline_epoch_s"], result["project_epoch_s"]
@@ -176,9 +198,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"autograd backward     median {result['project_autograd_epoch_s']:.2f} s/epoch  "
           f"hand-written is x{result['manual_backward_speedup']} faster")  # fmt: skip
     print(f"diagnostics overhead  {100 * result['diagnostics_overhead']:+.1f}%")
+    print(f"{seeds} stacked seeds       median {result['project_seeds_epoch_s']:.2f} s/epoch  "
+          f"x{result['seeds_ratio']} one seed's epoch")  # fmt: skip
     if "cuda_graph_epoch_s" in result:
         print(f"CUDA graph loop       median {result['cuda_graph_epoch_s']:.2f} s/epoch  "
               f"speedup x{result['cuda_graph_speedup']}")  # fmt: skip
+        print(f"CUDA graph, {seeds} seeds  median {result['cuda_graph_seeds_epoch_s']:.2f} "
+              f"s/epoch  x{result['cuda_graph_seeds_ratio']} one seed's epoch")  # fmt: skip
     print(json.dumps(result))
 
 

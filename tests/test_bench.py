@@ -22,14 +22,18 @@ def test_bench_prints_medians_and_ratio_as_json_last(
     params["train"].update(batch_size=16, device="cpu")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
-    bench.main(["--repeats", "2"])
+    bench.main(["--repeats", "2", "--seeds", "3"])
     lines = capsys.readouterr().out.strip().splitlines()
     result = json.loads(lines[-1])
     assert result["device"] == "cpu" and result["variant"] == "bn" and result["repeats"] == 2
+    assert result["seeds"] == 3 and result["threads"] >= 1
     for key in ("baseline_epoch_s", "project_epoch_s", "project_autograd_epoch_s",
-                "project_no_diagnostics_epoch_s"):  # fmt: skip
+                "project_no_diagnostics_epoch_s", "project_seeds_epoch_s"):  # fmt: skip
         assert result[key] > 0
-    assert {"speedup", "manual_backward_speedup", "diagnostics_overhead"} <= set(result)
+    assert {"speedup", "manual_backward_speedup", "diagnostics_overhead", "seeds_ratio"} <= set(
+        result
+    )
+    assert any(line.startswith("3 stacked seeds") for line in lines)
     assert lines[0].startswith("baseline (DataLoader) median")
 
 
@@ -39,6 +43,7 @@ def test_compare_takes_medians_and_ratios() -> None:
         "project": [2.1, 2.0, 1.9],
         "project_autograd": [3.0, 3.1, 2.9],
         "project_no_diagnostics": [1.8, 1.9, 2.0],
+        "project_seeds": [4.6, 4.4, 4.5],
     }
     assert bench.compare(times) == {
         "baseline_epoch_s": 7.0,
@@ -48,4 +53,6 @@ def test_compare_takes_medians_and_ratios() -> None:
         "speedup": 3.5,
         "manual_backward_speedup": 1.5,
         "diagnostics_overhead": 0.053,
+        "project_seeds_epoch_s": 4.5,
+        "seeds_ratio": 2.25,
     }
