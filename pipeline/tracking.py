@@ -21,6 +21,7 @@ import itertools
 import json
 import logging
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -309,10 +310,16 @@ class Reply:
 
     def result(self) -> Any:
         while not self.done:
-            self.tracker._read_reply()
+            self.tracker._read_reply(wait=True)
         if self.error is not None:
             raise PipelineError(self.error)
         return self.value
+
+    def arrived(self) -> bool:
+        """Whether the answer is in, without waiting for it."""
+        while not self.done and self.tracker._read_reply(wait=False):
+            pass
+        return self.done
 
 
 class Tracker:
@@ -344,6 +351,9 @@ class Tracker:
         self.closed = False
         self.opened_run = False  # whether the helper may have a run to end
         self.handles = itertools.count()
+        # The replies are read from the pipe's descriptor into this buffer,
+        # never through the text wrapper, whose own buffer select() cannot see.
+        self.received = b""
         self._send("open", uri=uri)
 
     def __enter__(self) -> Tracker:
@@ -378,14 +388,36 @@ class Tracker:
         self.pending.append(answer)
         return answer
 
-    def _read_reply(self) -> None:
-        line = self.process.stdout.readline()
-        if not line:
-            self._failed()
+    def _read_reply(self, wait: bool) -> bool:
+        """Read the oldest pending Reply's answer; without `wait`, only if it
+        is already there. Whether one was read."""
+        line = self._read_line(wait)
+        if line is None:
+            return False
         answer = json.loads(line)
         oldest = self.pending.pop(0)
         oldest.value, oldest.error = answer.get("result"), answer.get("error")
         oldest.done = True
+        return True
+
+    def _read_line(self, wait: bool) -> bytes | None:
+        fd = self.process.stdout.fileno()
+        while b"\n" not in self.received:
+            if not wait and not select.select([fd], [], [], 0)[0]:
+                return None
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                self._failed()
+            self.received += chunk
+        line, _, self.received = self.received.partition(b"\n")
+        return line
+
+    def _read_rest(self) -> bytes:
+        fd, rest = self.process.stdout.fileno(), self.received
+        while chunk := os.read(fd, 1 << 16):
+            rest += chunk
+        self.received = b""
+        return rest
 
     def _failed(self) -> NoReturn:
         status = self.process.wait()
@@ -401,10 +433,15 @@ class Tracker:
         for answer in list(self.pending):
             answer.result()
         self.process.stdin.close()
-        rest = self.process.stdout.read()
+        rest = self._read_rest()
         if self.process.wait() != 0 or rest.strip():
             message = json.loads(rest).get("error") if rest.strip() else None
             raise PipelineError(message or f"the MLflow helper for {self.uri} failed")
+
+    def caught_up(self) -> Reply:
+        """A Reply that arrives once the helper has made every request sent
+        so far: `arrived()` tells, without waiting, whether it is idle."""
+        return self._ask("sync")
 
     def prepare_model_logging(self) -> None:
         """Have the helper load what RemoteRun.log_model needs (about 2 s),
@@ -571,6 +608,9 @@ class _Helper:
         self._open_run(run)
         self.runs.pop(run).end(status, reason)
 
+    def sync(self) -> None:
+        """Nothing: its answer says that every earlier request was made."""
+
     def end_open_runs(self) -> None:
         """At the end of stdin: end the runs left open, nested ones first,
         FAILED after an error of ours, KILLED otherwise (the stage died)."""
@@ -590,7 +630,7 @@ class _Helper:
         return self.runs[run]
 
 
-REPLIES = {"start_run", "log_model", "end_run", "log_to_run"}  # requests answered
+REPLIES = {"start_run", "log_model", "end_run", "log_to_run", "sync"}  # requests answered
 
 
 def _serve(stdin: Any = sys.stdin, stdout: Any = sys.stdout) -> int:

@@ -102,6 +102,33 @@ class Progress:
             self.bar = None
 
 
+class CoresForTheHelper:
+    """Train on one thread while the MLflow helper is still busy (loading
+    MLflow, starting the runs, preparing log_model: seconds of CPU on the
+    other core), then on as many as train.cpu_threads set. Two threads that
+    share a core with the helper are slower than one: every parallel region
+    waits for whichever thread was preempted. Restores the threads on exit."""
+
+    def __init__(self, helper_ready: tracking.Reply, device: torch.device) -> None:
+        self.ready, self.threads = helper_ready, torch.get_num_threads()
+        self.waiting = device.type == "cpu" and self.threads > 1
+
+    def __enter__(self) -> CoresForTheHelper:
+        if self.waiting:
+            torch.set_num_threads(1)
+        return self
+
+    def check(self) -> None:
+        """Take the other core back once the helper is idle (called every
+        PROGRESS_EVERY batches; does not wait)."""
+        if self.waiting and self.ready.arrived():
+            torch.set_num_threads(self.threads)
+            self.waiting = False
+
+    def __exit__(self, *exc: object) -> None:
+        torch.set_num_threads(self.threads)
+
+
 def seed_tags(
     variant: str, seed: int | None, device: str, execution: str, seeds: list[int]
 ) -> dict[str, str]:
@@ -130,12 +157,14 @@ def train_seeds(
     runs: list[tracking.RemoteRun],
     parent: tracking.RemoteRun,
     scratch: Path,
+    helper_ready: tracking.Reply,
 ) -> tuple[list[DeepMLP], list[list[EpochRecord]]]:
     """Train every seed of train.seeds at once, as one stacked model; log
     each epoch's metrics and checkpoint (carrying `info`, its seed and run
     id) to the seed's run, and the across-seed summary to `parent`. The
     checkpoints are written to `scratch`, which must outlive the runs (the
-    tracker logs them later). Returns each seed's final model and history."""
+    tracker logs them later). Until `helper_ready` arrives, train on one
+    thread (CoresForTheHelper). Returns each seed's final model and history."""
     t, seeds = params.train, params.train.seeds
     device = data.train_x.device
     model = initial_model(params.model.depth, params.model.width, VARIANTS[variant], seeds)
@@ -167,18 +196,25 @@ def train_seeds(
         parent.log_epoch(records[0].epoch, summary)
 
     batches = len(batch_starts(len(data.train_x), t.batch_size))
+    progress = Progress(label, batches, t.epochs)
     try:
-        histories = fit(
-            model,
-            data,
-            epochs=t.epochs,
-            batch_size=t.batch_size,
-            optimizer=optimizer,
-            generators=[torch.Generator().manual_seed(seed) for seed in seeds],
-            on_epoch=on_epoch,
-            on_progress=Progress(label, batches, t.epochs),
-            cuda_graph=graph,
-        )
+        with CoresForTheHelper(helper_ready, device) as cores:
+
+            def on_progress(epoch: int, done: int, loss: float) -> None:
+                cores.check()
+                progress(epoch, done, loss)
+
+            histories = fit(
+                model,
+                data,
+                epochs=t.epochs,
+                batch_size=t.batch_size,
+                optimizer=optimizer,
+                generators=[torch.Generator().manual_seed(seed) for seed in seeds],
+                on_epoch=on_epoch,
+                on_progress=on_progress,
+                cuda_graph=graph,
+            )
     except Diverged as err:
         raise PipelineError(
             f"{variant}-seed{seeds[err.seed_index]}: training diverged: the loss became "
@@ -243,7 +279,7 @@ def train_variant(
                 run.log_dataset(paths.MNIST_RAW_DIR, digests)
                 run.log_file(paths.DIGESTS_FILE, "data")
             models, histories = train_seeds(variant, params, data, info, runs, parent,
-                                            Path(scratch))  # fmt: skip
+                                            Path(scratch), tracker.caught_up())  # fmt: skip
             logged = []
             for seed, run, model, history in zip(seeds, runs, models, histories, strict=True):
                 final = make_checkpoint(model, epoch=history[-1].epoch,

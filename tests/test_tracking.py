@@ -295,3 +295,18 @@ def test_nested_runs_left_open_are_all_killed_when_the_stage_dies(tmp_path: Path
     assert tracker.process.wait(timeout=60) == 0
     client = MlflowClient(uri)
     assert [client.get_run(r).info.status for r in run_ids] == ["KILLED"] * 3
+
+
+def test_caught_up_says_without_waiting_when_the_helper_is_idle(tmp_path: Path) -> None:
+    import time
+
+    with tracking.Tracker(f"sqlite:///{tmp_path}/mlflow.db") as tracker:
+        ready = tracker.caught_up()
+        assert ready.arrived() is False  # the helper is still importing MLflow
+        deadline = time.monotonic() + 120
+        while not ready.arrived():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert ready.result() is None
+        second = tracker.log_to_run("0" * 32, metrics={"x": 1.0})  # answers still come in order
+        assert second.result() is False

@@ -200,3 +200,28 @@ def test_same_params_give_bit_identical_checkpoints(workspace: Path, tmp_path: P
             first.state_dict().items(), again.state_dict().values(), strict=True
         ):
             assert torch.equal(a, b), name
+
+
+def test_training_leaves_the_helper_a_core_until_it_is_idle() -> None:
+    class Reply:  # arrives at the third look
+        looks = 0
+
+        def arrived(self) -> bool:
+            self.looks += 1
+            return self.looks >= 3
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with train.CoresForTheHelper(Reply(), torch.device("cpu")) as cores:
+            assert torch.get_num_threads() == 1
+            cores.check()
+            cores.check()
+            assert torch.get_num_threads() == 1
+            cores.check()
+            assert torch.get_num_threads() == 2
+        with train.CoresForTheHelper(Reply(), torch.device("cpu")):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2  # restored when training ends first
+    finally:
+        torch.set_num_threads(before)
