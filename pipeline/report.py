@@ -247,6 +247,23 @@ def verdict(
             f"for one run here ({_range(interval)})"
             + ("." if plausible[variant] else ": a single run of this setup rarely scores that.")
         )
+    losses = {v: post_loss_per_image(v)[0] for v in ("bn", "nobn")}
+    loss_inside = {
+        v: _inside(losses[v], estimate(per_seed(metrics, v, "test_loss")).prediction95)
+        for v in losses
+    }
+    lines.append(
+        f"Its test losses, converted to a mean per image ({losses['bn']:.3f} with BatchNorm, "
+        f"{losses['nobn']:.3f} without), are "
+        + (
+            "both inside"
+            if all(loss_inside.values())
+            else "not both inside"
+            if any(loss_inside.values())
+            else "both outside"
+        )
+        + " the 95% prediction intervals of one run's test loss here."
+    )
     gain, ci = post["bn_minus_nobn"], metrics["bn_minus_nobn"]["test_accuracy_ci95"]
     mean_gain = 100 * metrics["bn_minus_nobn"]["test_accuracy"]
     in_ci = _inside(gain, ci)

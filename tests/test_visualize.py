@@ -224,7 +224,8 @@ def test_the_verdict_follows_the_numbers() -> None:
     far = metrics_of([0.981, 0.982, 0.980, 0.9815], [0.980, 0.9825, 0.9805, 0.981])
     _, verdict = report.reproduction(far)
     assert "95.98% without BatchNorm is outside" in verdict[1]
-    assert "+1.85 points is outside the 95% CI of the mean gain" in verdict[2]
+    assert "test losses, converted to a mean per image" in verdict[2]
+    assert "+1.85 points is outside the 95% CI of the mean gain" in verdict[3]
     assert verdict[-1].startswith("Verdict: the post's figures are not all what")
     assert "includes zero" in verdict[-1]
 
