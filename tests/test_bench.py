@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from pipeline import bench, paths
@@ -26,7 +27,8 @@ def test_bench_prints_medians_and_ratio_as_json_last(
     lines = capsys.readouterr().out.strip().splitlines()
     result = json.loads(lines[-1])
     assert result["device"] == "cpu" and result["variant"] == "bn" and result["repeats"] == 2
-    assert result["seeds"] == 3 and result["threads"] >= 1
+    assert result["seeds"] == 3 and result["threads_one_seed"] == 1
+    assert result["threads_seeds"] == torch.get_num_threads()  # train.cpu_threads: 0
     for key in ("baseline_epoch_s", "project_epoch_s", "project_autograd_epoch_s",
                 "project_no_diagnostics_epoch_s", "project_seeds_epoch_s"):  # fmt: skip
         assert result[key] > 0
