@@ -117,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--variant", choices=sorted(VARIANTS), default="bn")
     parser.add_argument("--repeats", type=int, default=5, help="epochs per loop (default 5)")
     parser.add_argument("--seeds", type=int, default=None,
-                        help="seeds stacked in the seeds loop (default: len(train.seeds))")  # fmt: skip
+                        help="seeds in the stacked loop (default: len(train.seeds))")  # fmt: skip
     args = parser.parse_args(argv)
     params = load_params(args.params)
     seeds = args.seeds or len(params.train.seeds)
@@ -186,6 +186,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             torch.set_num_threads(threads[name])
             times[name].append(timed(loop, device))
             log.info("round %d %-24s %.2f s", round_number, name, times[name][-1])
+    torch.set_num_threads(seeds_threads)
     result = {
         "device": str(device),
         "variant": args.variant,

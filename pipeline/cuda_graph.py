@@ -4,7 +4,8 @@ On a GPU this small network is bound by kernel launches, not arithmetic:
 an eager step launches a few hundred tiny kernels from Python. Captured once,
 the step (forward, loss, backward, gradient norms, fused Adam update) is
 replayed with a single launch. The batch enters through a static index
-buffer into the device-resident dataset, so nothing but K x 64 indices move.
+buffer into the device-resident dataset, so nothing but K x batch_size
+indices move.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ WARMUP_STEPS = 3  # eager steps before capture: lazy optimizer state, library ha
 class CudaGraphStep:
     """`step` (from training.training_step, with a capturable optimizer)
     captured for batches of `batch_size` per seed. Calling it with the
-    batches' indices (K, batch_size) replays the graph; the returned loss and gradient norms are the graph's
-    static outputs, overwritten by the next replay."""
+    batches' indices (K, batch_size) replays the graph; the returned losses
+    and gradient norms are the graph's static outputs, overwritten by the
+    next replay."""
 
     def __init__(
         self,

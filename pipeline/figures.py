@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 
@@ -209,8 +210,9 @@ def seed_accuracies(
     for a, b in zip(values["bn"], values["nobn"], strict=True):
         accuracy.plot([0, 1], [100 * a, 100 * b], color="0.6", lw=1, zorder=1)
     for variant, x in positions.items():
-        accuracy.scatter([x] * len(values[variant]), [100 * v for v in values[variant]],
-                         color=COLORS[variant], zorder=2, label=f"{variant}: one dot per seed")  # fmt: skip
+        dots = [100 * v for v in values[variant]]
+        accuracy.scatter([x] * len(dots), dots, color=COLORS[variant], zorder=2,
+                         label=f"{variant}: one dot per seed")  # fmt: skip
         _mean_and_interval(accuracy, x + 0.12, values[variant], intervals[variant])
         accuracy.scatter([x - 0.12], [100 * post[variant]], marker="*", s=160, color="black",
                          zorder=3, label="original post (one run)" if variant == "bn" else None,
@@ -241,7 +243,9 @@ def seed_accuracies(
     return fig
 
 
-def _mean_and_interval(ax, x: float, values: list[float], interval: list[float] | None) -> None:
+def _mean_and_interval(
+    ax: Axes, x: float, values: list[float], interval: list[float] | None
+) -> None:
     """A diamond at the mean, with the interval as an error bar (none with one seed)."""
     mean = 100 * float(np.mean(values))
     errors = None

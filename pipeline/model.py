@@ -146,19 +146,19 @@ class StackedMLP(nn.Module):
 
     @torch.no_grad()
     def unstack(self, k: int) -> DeepMLP:
-        """Seed k's network as a plain DeepMLP (own tensors, on the CPU)."""
-        model = DeepMLP(**self.config)
-        state = {
-            name: (tensor if tensor.dim() == 0 else tensor[k]).detach().cpu().clone()
-            for name, tensor in self.state_dict().items()
-        }
-        model.load_state_dict(state)
+        """Seed k's network as a plain DeepMLP with its own tensors (where a
+        new module's tensors are made: the CPU unless a default device is set)."""
+        with torch.random.fork_rng(devices=[]):  # the throwaway init leaves the RNG as it was
+            model = DeepMLP(**self.config)
+        model.load_state_dict(
+            {name: t if t.dim() == 0 else t[k] for name, t in self.state_dict().items()}
+        )  # copies
         return model
 
 
 def stack(models: list[DeepMLP]) -> StackedMLP:
     """One StackedMLP holding `models` (same config), seed k's weights from
-    models[k]; on the CPU, in training mode."""
+    models[k]; in training mode, where a new module's tensors are made."""
     configs = {tuple(m.config.items()) for m in models}
     if len(configs) != 1:
         raise ValueError(f"cannot stack models of different configs: {sorted(configs)}")
@@ -166,6 +166,6 @@ def stack(models: list[DeepMLP]) -> StackedMLP:
     states = [m.state_dict() for m in models]
     with torch.no_grad():
         for name, tensor in stacked.state_dict().items():
-            parts = [state[name].cpu() for state in states]
+            parts = [state[name] for state in states]
             tensor.copy_(parts[0] if tensor.dim() == 0 else torch.stack(parts))
     return stacked

@@ -207,8 +207,9 @@ def reproduction(metrics: dict) -> tuple[Table, list[str]]:
     for variant, label in (("bn", "with BatchNorm"), ("nobn", "without BatchNorm")):
         losses = per_seed(metrics, variant, "test_loss")
         converted, low, high = post_loss_per_image(variant)
+        mean = metrics[variant]["test_loss"]
         rows.append([f"test loss per image, {label}",
-                     f"{converted:.3f} ({low:.3f} to {high:.3f})", f"{metrics[variant]['test_loss']:.3f}",
+                     f"{converted:.3f} ({low:.3f} to {high:.3f})", f"{mean:.3f}",
                      _loss_range(metrics[variant]["test_loss_ci95"]),
                      _loss_range(estimate(losses).prediction95),
                      ", ".join(f"{v:.3f}" for v in losses)])  # fmt: skip
@@ -224,11 +225,12 @@ def _loss_range(interval: list[float] | tuple[float, float] | None) -> str:
 def verdict(
     metrics: dict, post: dict[str, float], predictions: dict[str, tuple[float, float] | None]
 ) -> list[str]:
-    """The plain-words verdict: does each of the post's accuracies fall in
-    the 95% prediction interval of one run here; does its gain fall in the
-    95% CI of the mean gain (is it the average effect) and in the
-    prediction interval of one unpaired pair of runs (is it a plausible
-    single comparison); and does the mean gain's CI exclude zero."""
+    """The plain-words verdict: do each of the post's accuracies and
+    converted losses fall in the 95% prediction interval of one run here;
+    does its gain fall in the 95% CI of the mean gain (is it the average
+    effect) and in the prediction interval of one unpaired pair of runs (is
+    it a plausible single comparison); and does the mean gain's CI exclude
+    zero. The post's figures are consistent when all of them are plausible."""
     seeds = metrics["bn_minus_nobn"]["seeds"]
     if seeds < 2:
         return [
@@ -248,19 +250,19 @@ def verdict(
             + ("." if plausible[variant] else ": a single run of this setup rarely scores that.")
         )
     losses = {v: post_loss_per_image(v)[0] for v in ("bn", "nobn")}
-    loss_inside = {
-        v: _inside(losses[v], estimate(per_seed(metrics, v, "test_loss")).prediction95)
-        for v in losses
-    }
+    for variant in losses:
+        interval = estimate(per_seed(metrics, variant, "test_loss")).prediction95
+        plausible[f"{variant} loss"] = _inside(losses[variant], interval)
+    outside = [v for v in losses if not plausible[f"{v} loss"]]
     lines.append(
         f"Its test losses, converted to a mean per image ({losses['bn']:.3f} with BatchNorm, "
         f"{losses['nobn']:.3f} without), are "
         + (
             "both inside"
-            if all(loss_inside.values())
-            else "not both inside"
-            if any(loss_inside.values())
+            if not outside
             else "both outside"
+            if len(outside) == 2
+            else f"inside but for the one {LABELS[outside[0]]}, which is outside"
         )
         + " the 95% prediction intervals of one run's test loss here."
     )

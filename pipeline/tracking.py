@@ -260,7 +260,13 @@ def recorded_runs(runs_file: Path) -> dict[int, str]:
 
 def recorded_parent(runs_file: Path) -> str:
     """The MLflow run id of the variant's parent run, as the train stage recorded it."""
-    return read_json(runs_file, "run `dvc repro train_bn train_nobn`")["parent_run_id"]
+    record = read_json(runs_file, "run `dvc repro train_bn train_nobn`")
+    if "parent_run_id" not in record:
+        raise PipelineError(
+            f"{runs_file}: no parent run recorded (trained by an older version of the "
+            "pipeline): run `dvc repro -f train_bn train_nobn`"
+        )
+    return record["parent_run_id"]
 
 
 def log_to_run(

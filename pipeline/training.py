@@ -209,7 +209,8 @@ class Diverged(Exception):
         self.batch, self.value, self.seed_index, self.epoch = batch, value, seed_index, epoch
 
     def __str__(self) -> str:
-        return f"loss {self.value} at epoch {self.epoch}, batch {self.batch} (seed index {self.seed_index})"
+        where = f"epoch {self.epoch}, batch {self.batch}, seed index {self.seed_index}"
+        return f"loss {self.value} at {where}"
 
 
 def check_finite(losses: torch.Tensor) -> float:

@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def draw_all(params: VisualizeParams, tracker: tracking.Tracker) -> None:
-    """Draw the figures, write the report, then log them to every run."""
+    """Draw the figures, write the report, then log them to each parent run."""
     images, labels = load_split(paths.RAW_DIR, train=False)
     if params.sample_index >= len(images):
         raise ParamsError(

@@ -23,12 +23,14 @@ def test_bench_prints_medians_and_ratio_as_json_last(
     params["train"].update(batch_size=16, device="cpu")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
+    threads = torch.get_num_threads()  # what train.cpu_threads: 0 keeps
     bench.main(["--repeats", "2", "--seeds", "3"])
+    assert torch.get_num_threads() == threads  # put back
     lines = capsys.readouterr().out.strip().splitlines()
     result = json.loads(lines[-1])
     assert result["device"] == "cpu" and result["variant"] == "bn" and result["repeats"] == 2
     assert result["seeds"] == 3 and result["threads_one_seed"] == 1
-    assert result["threads_seeds"] == torch.get_num_threads()  # train.cpu_threads: 0
+    assert result["threads_seeds"] == threads
     for key in ("baseline_epoch_s", "project_epoch_s", "project_autograd_epoch_s",
                 "project_no_diagnostics_epoch_s", "project_seeds_epoch_s"):  # fmt: skip
         assert result[key] > 0

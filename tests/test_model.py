@@ -115,3 +115,12 @@ def test_shared_images_give_every_seed_its_own_logits() -> None:
 def test_stacking_models_of_different_shapes_is_refused() -> None:
     with pytest.raises(ValueError, match="different configs"):
         stack([DeepMLP(2, 8, True), DeepMLP(3, 8, True)])
+
+
+def test_unstacking_leaves_the_random_number_generator_alone() -> None:
+    stacked = stack(seeded_models([0, 1]))
+    torch.manual_seed(42)
+    expected = torch.rand(3)
+    torch.manual_seed(42)
+    stacked.unstack(1)
+    assert torch.equal(torch.rand(3), expected)
