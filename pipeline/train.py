@@ -300,14 +300,13 @@ def train_variant(
                     for seed, run, uri in zip(seeds, runs, uris, strict=True)
                 },
             }
-        atomic_write_json(
-            staging / paths.HISTORY_NAME, history_table(dict(zip(seeds, histories, strict=True)))
-        )
+        by_seed = dict(zip(seeds, histories, strict=True))
+        atomic_write_json(staging / paths.HISTORY_NAME, history_table(by_seed))
         atomic_write_json(staging / paths.RUNS_NAME, record)
         replace_dir(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # gone already unless something failed
-    return dict(zip(seeds, histories, strict=True))
+    return by_seed
 
 
 def main(argv: Sequence[str] | None = None) -> None:
