@@ -27,7 +27,7 @@ from pipeline.files import atomic_write_json, atomic_write_text
 from pipeline.mnist import load_split
 from pipeline.model import CLASSES, VARIANTS, DeepMLP
 from pipeline.params import Params, load_params
-from pipeline.stats import estimate, paired
+from pipeline.stats import estimate, paired, show_interval
 from pipeline.training import scale_images
 
 log = logging.getLogger("evaluate")
@@ -133,14 +133,14 @@ def accuracy_table(metrics: dict) -> str:
         m = metrics[variant]
         lines.append(
             f"| {variant} | {m['seeds']} | {100 * m['test_accuracy']:.2f} | "
-            f"{_points(m['test_accuracy_std'])} | {_interval(m['test_accuracy_ci95'])} | | "
+            f"{_points(m['test_accuracy_std'])} | {show_interval(m['test_accuracy_ci95'])} | | "
             f"{m['test_loss']:.4f} |"
         )
     diff = metrics["bn_minus_nobn"]
     p_value = diff["test_accuracy_p_value"]
     lines.append(
         f"| bn - nobn | {diff['seeds']} | {100 * diff['test_accuracy']:+.2f} | "
-        f"{_points(diff['test_accuracy_std'])} | {_interval(diff['test_accuracy_ci95'], '+')} | "
+        f"{_points(diff['test_accuracy_std'])} | {show_interval(diff['test_accuracy_ci95'], sign='+')} | "
         f"{'-' if p_value is None else f'{p_value:.2g}'} | {diff['test_loss']:+.4f} |"
     )
     return "\n".join(lines) + "\n"
@@ -148,13 +148,6 @@ def accuracy_table(metrics: dict) -> str:
 
 def _points(fraction: float | None) -> str:
     return "-" if fraction is None else f"{100 * fraction:.2f}"
-
-
-def _interval(interval: list[float] | None, sign: str = "") -> str:
-    if interval is None:
-        return "-"
-    low, high = (100 * x for x in interval)
-    return f"{low:{sign}.2f} to {high:{sign}.2f}"
 
 
 def parent_metrics(metrics: dict, variant: str) -> dict[str, float]:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.figures import LABELS, History
-from pipeline.stats import difference_prediction, estimate, mean_std
+from pipeline.stats import difference_prediction, estimate, mean_std, show_interval
 
 
 @dataclass(frozen=True)
@@ -177,12 +177,6 @@ def _inside(value: float, interval: tuple[float, float] | list[float] | None) ->
     return interval is not None and interval[0] <= value <= interval[1]
 
 
-def _range(interval: tuple[float, float] | list[float] | None, sign: str = "") -> str:
-    if interval is None:
-        return "-"
-    return f"{100 * interval[0]:{sign}.2f} to {100 * interval[1]:{sign}.2f}"
-
-
 def reproduction(metrics: dict) -> tuple[Table, list[str]]:
     """The original post's single-run figures beside this run's seeds, and a
     verdict in plain words computed from them (see `verdict`)."""
@@ -201,8 +195,8 @@ def reproduction(metrics: dict) -> tuple[Table, list[str]]:
         values = per_seed(metrics, variant)
         rows.append([label, f"{100 * post[variant]:{sign}.2f}",
                      f"{100 * metrics[variant]['test_accuracy']:{sign}.2f}",
-                     _range(metrics[variant]["test_accuracy_ci95"], sign),
-                     _range(predictions[variant], sign),
+                     show_interval(metrics[variant]["test_accuracy_ci95"], sign=sign),
+                     show_interval(predictions[variant], sign=sign),
                      ", ".join(f"{100 * v:{sign}.2f}" for v in values)])  # fmt: skip
     for variant, label in (("bn", "with BatchNorm"), ("nobn", "without BatchNorm")):
         losses = per_seed(metrics, variant, "test_loss")
@@ -210,16 +204,12 @@ def reproduction(metrics: dict) -> tuple[Table, list[str]]:
         mean = metrics[variant]["test_loss"]
         rows.append([f"test loss per image, {label}",
                      f"{converted:.3f} ({low:.3f} to {high:.3f})", f"{mean:.3f}",
-                     _loss_range(metrics[variant]["test_loss_ci95"]),
-                     _loss_range(estimate(losses).prediction95),
+                     show_interval(metrics[variant]["test_loss_ci95"], scale=1, digits=3),
+                     show_interval(estimate(losses).prediction95, scale=1, digits=3),
                      ", ".join(f"{v:.3f}" for v in losses)])  # fmt: skip
     table = Table(["", "original post (one run)", "this run: mean", "95% CI of the mean",
                    "95% prediction interval, one run", "per seed"], rows)  # fmt: skip
     return table, verdict(metrics, post, predictions)
-
-
-def _loss_range(interval: list[float] | tuple[float, float] | None) -> str:
-    return "-" if interval is None else f"{interval[0]:.3f} to {interval[1]:.3f}"
 
 
 def verdict(
@@ -246,7 +236,7 @@ def verdict(
         lines.append(
             f"The post's {pct(post[variant])}% {label} is "
             f"{'inside' if plausible[variant] else 'outside'} the 95% prediction interval "
-            f"for one run here ({_range(interval)})"
+            f"for one run here ({show_interval(interval)})"
             + ("." if plausible[variant] else ": a single run of this setup rarely scores that.")
         )
     losses = {v: post_loss_per_image(v)[0] for v in ("bn", "nobn")}
@@ -273,12 +263,12 @@ def verdict(
     direction = "over" if gain > mean_gain / 100 else "under"
     lines.append(
         f"Its gain of {100 * gain:+.2f} points is {'inside' if in_ci else 'outside'} the 95% CI "
-        f"of the mean gain ({_range(ci, '+')}, mean {mean_gain:+.2f})"
+        f"of the mean gain ({show_interval(ci, sign='+')}, mean {mean_gain:+.2f})"
         + ("" if in_ci else f": it {direction}states the average effect")
         + ". The post's two models did not share initial weights or batch order, so its gain "
         "is the difference of two independent runs, which varies more than a seed's paired "
         f"gain: the 95% prediction interval for such a difference here is "
-        f"{_range(predictions['bn_minus_nobn'], '+')}, and {100 * gain:+.2f} lies "
+        f"{show_interval(predictions['bn_minus_nobn'], sign='+')}, and {100 * gain:+.2f} lies "
         f"{'inside' if plausible['gain'] else 'outside'} it."
     )
     excludes_zero = ci is not None and (ci[0] > 0 or ci[1] < 0)
@@ -350,7 +340,7 @@ def build(context: Context) -> list[Block]:
                 LABELS[variant],
                 str(v["seeds"]),
                 pct(v["test_accuracy"]),
-                _range(v["test_accuracy_ci95"]),
+                show_interval(v["test_accuracy_ci95"]),
                 "-" if v["test_accuracy_std"] is None else pct(v["test_accuracy_std"]),
                 "",
                 pct(best),
@@ -366,7 +356,7 @@ def build(context: Context) -> list[Block]:
             "bn - nobn (paired)",
             str(diff["seeds"]),
             f"{100 * diff['test_accuracy']:+.2f}",
-            _range(diff["test_accuracy_ci95"], "+"),
+            show_interval(diff["test_accuracy_ci95"], sign="+"),
             "-" if diff["test_accuracy_std"] is None else pct(diff["test_accuracy_std"]),
             "-" if p_value is None else f"{p_value:.2g}",
             "",

@@ -109,6 +109,17 @@ def difference_prediction(a: Sequence[float], b: Sequence[float]) -> tuple[float
     return mean - half, mean + half
 
 
+def show_interval(
+    interval: Sequence[float] | None, scale: float = 100, digits: int = 2, sign: str = ""
+) -> str:
+    """ "low to high" for tables (scaled: 100 shows fractions as percent), "-"
+    when there is no interval (one seed)."""
+    if interval is None:
+        return "-"
+    low, high = (scale * x for x in interval)
+    return f"{low:{sign}.{digits}f} to {high:{sign}.{digits}f}"
+
+
 def _pair(interval: Iterable[float]) -> tuple[float, float]:
     low, high = (float(x) for x in interval)
     return low, high
