@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from filelock import FileLock
 
+from pipeline import served_model
 from pipeline.errors import PipelineError
 from pipeline.files import read_json
 
@@ -218,23 +219,30 @@ class Run:
         context = InputTag(key=MLFLOW_DATASET_CONTEXT, value="training")
         self.client.log_inputs(self.run_id, [DatasetInput(dataset._to_mlflow_entity(), [context])])
 
-    def log_model(self, model: torch.nn.Module, example: torch.Tensor) -> str:
-        """Log the model (MLflow 3's pt2 format) with its signature; return its URI."""
+    def log_model(
+        self, network: torch.nn.Module, example: torch.Tensor, name: str, tags: dict[str, str]
+    ) -> str:
+        """Log the network (CPU, eval mode) as an MLflow model named `name`
+        (pipeline/served_model.py: loads and predicts anywhere), in the run's
+        experiment, with the run's params and `tags`; return its URI."""
         import mlflow
         import torch
-        from mlflow.models import infer_signature
+        from mlflow.models import Model
 
-        model.eval()
-        with torch.no_grad():
-            output = model(example).numpy()
-        info = mlflow.pytorch.log_model(
-            model,
-            name="model",
+        # A logged model belongs to the active experiment, not its run's.
+        mlflow.set_experiment(experiment_id=self.client.get_run(self.run_id).info.experiment_id)
+        info = Model.log(
+            artifact_path=None,
+            name=name,
+            flavor=served_model,
             run_id=self.run_id,
+            tags=tags,
+            network=network.eval(),
             input_example=example.numpy(),
-            signature=infer_signature(example.numpy(), output),
-            # Explicit requirements: inferring them costs seconds per model.
+            # Explicit requirements: inferring them loads the model again (seconds).
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+            # Checking the input example by loading the model again: tests do it.
+            validate_serving_input=False,
         )
         return info.model_uri
 
@@ -524,12 +532,14 @@ class RemoteRun:
         self.tracker._send("log_dataset", run=self.handle, source=str(source.resolve()),
                            digests=digests)  # fmt: skip
 
-    def log_model(self, checkpoint: Path, example: torch.Tensor) -> Reply:
+    def log_model(
+        self, checkpoint: Path, example: torch.Tensor, name: str, tags: dict[str, str]
+    ) -> Reply:
         """Log the checkpoint's model (see Run.log_model); the Reply is its URI.
         The checkpoint must stay where it is until the Reply is read."""
         return self.tracker._ask("log_model", run=self.handle,
                                   checkpoint=str(checkpoint.resolve()),
-                                  example=example.tolist())  # fmt: skip
+                                  example=example.tolist(), name=name, tags=tags)  # fmt: skip
 
     def end(self, status: str, reason: str | None = None) -> None:
         """End the run (and wait for every request made before); when
@@ -602,13 +612,14 @@ class _Helper:
     def log_dataset(self, run: str, source: str, digests: dict[str, str]) -> None:
         self._open_run(run).log_dataset(Path(source), digests)
 
-    def log_model(self, run: str, checkpoint: str, example: list) -> str:
+    def log_model(self, run: str, checkpoint: str, example: list, name: str, tags: dict) -> str:
         import torch
 
         from pipeline.checkpoint import load_checkpoint
 
         model, _ = load_checkpoint(Path(checkpoint))
-        return self._open_run(run).log_model(model, torch.tensor(example, dtype=torch.float32))
+        example_tensor = torch.tensor(example, dtype=torch.float32)
+        return self._open_run(run).log_model(model, example_tensor, name, tags)
 
     def end_run(self, run: str, status: str, reason: str | None) -> None:
         self._open_run(run)

@@ -129,12 +129,26 @@ class CoresForTheHelper:
         torch.set_num_threads(self.threads)
 
 
+NAMES = {"bn": "BatchNorm", "nobn": "No-BatchNorm"}  # in run descriptions
+
+
 def seed_tags(
-    variant: str, seed: int | None, device: str, execution: str, seeds: list[int]
+    variant: str, seed: int | None, device: str, execution: str, seeds: list[int], epochs: int
 ) -> dict[str, str]:
-    """A seed's run tags, or (seed None) those of the variant's parent run."""
+    """A seed's run tags, or (seed None) those of the variant's parent run,
+    with what the MLflow UI shows as the run's source (this stage, not the
+    tracker's helper that opens the run) and description."""
     tags = tracking.run_tags(variant, seed, device, execution, os.environ, Path.cwd())
-    return tags if seed is not None else tags | {"seeds": ", ".join(map(str, seeds))}
+    tags |= {"mlflow.source.name": "pipeline.train", "mlflow.source.type": "LOCAL"}
+    if seed is not None:
+        note = f"{NAMES[variant]} variant, seed {seed}, {epochs} epochs"
+        return tags | {"mlflow.note.content": note}
+    listed = ", ".join(map(str, seeds))
+    note = (
+        f"{NAMES[variant]} variant, {len(seeds)} seed{'s' if len(seeds) > 1 else ''} "
+        f"({listed}) trained together, {epochs} epochs; one nested run per seed"
+    )
+    return tags | {"seeds": listed, "mlflow.note.content": note}
 
 
 def across_seeds(records: list[EpochRecord]) -> dict[str, float]:
@@ -263,14 +277,15 @@ def train_variant(
         # tracker's helper logs them after we moved on.
         with (
             tempfile.TemporaryDirectory() as scratch,
-            tracker.run(experiment, variant, seed_tags(variant, None, device, execution, seeds),
+            tracker.run(experiment, variant, seed_tags(variant, None, device, execution, seeds,
+                                                       params.train.epochs),
                         logged_params) as parent,
             contextlib.ExitStack() as seed_runs,
         ):  # fmt: skip
             parent.log_dataset(paths.MNIST_RAW_DIR, digests)
             runs = []
             for seed in seeds:
-                tags = seed_tags(variant, seed, device, execution, seeds)
+                tags = seed_tags(variant, seed, device, execution, seeds, params.train.epochs)
                 run = tracker.run(experiment, f"{variant}-seed{seed}", tags, logged_params, parent)
                 runs.append(seed_runs.enter_context(run))
             if params.tracking.log_model:
@@ -287,8 +302,10 @@ def train_variant(
                                         mlflow_run_id=run.run_id, **info, seed=seed)  # fmt: skip
                 save_checkpoint(checkpoint_path(staging, seed), final)
                 if params.tracking.log_model:  # from the file: read before staging moves
+                    model_tags = {"variant": variant, "seed": str(seed)}
                     logged.append(run.log_model(checkpoint_path(staging, seed),
-                                                data.test_x[:5].cpu()))  # fmt: skip
+                                                data.test_x[:5].cpu(), f"{variant}-seed{seed}",
+                                                model_tags))  # fmt: skip
             uris = [answer.result() for answer in logged] or [None] * len(seeds)
             record = {
                 "tracking_uri": tracker.uri,

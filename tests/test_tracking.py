@@ -174,7 +174,7 @@ def test_a_tracker_run_is_logged_and_ended_like_start_run(tmp_path: Path) -> Non
             run.log_epoch(1, {"loss": 2.0})
             run.log_epoch(2, {"loss": 1.0})
             run.log_file(tmp_path / "final.pt", "checkpoints")
-            model_uri = run.log_model(tmp_path / "final.pt", example)
+            model_uri = run.log_model(tmp_path / "final.pt", example, "bn-seed0", {"seed": "0"})
         run_id = run.run_id
     client = MlflowClient(uri)
     logged = client.get_run(run_id)
