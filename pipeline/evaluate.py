@@ -1,9 +1,11 @@
 """Stage `evaluate`: every checkpoint of both variants on the 10,000 test images.
 
-Writes reports/metrics.json (DVC metrics: per variant the mean across seeds
-with its std and 95% confidence interval; bn - nobn paired by seed, with its
-interval and p-value), reports/evaluation.json (per-class accuracy and
-confusion matrix per checkpoint) and the table reports/accuracy.md; adds the
+Writes reports/statistics.json (per variant the mean across seeds with its
+std and 95% confidence interval, and each seed's numbers; bn - nobn paired by
+seed, with its interval and p-value), the few of them that experiments are
+compared by as DVC metrics, reports/metrics.json (`dvc exp show`),
+reports/evaluation.json (per-class accuracy and confusion matrix per
+checkpoint) and the table reports/accuracy.md; adds the
 numbers and the confusion matrix to each seed's MLflow run, and the
 across-seed statistics to each variant's parent run.
 """
@@ -81,7 +83,7 @@ def check_paired(evaluations: dict[str, dict[int, Evaluation]]) -> list[int]:
 
 
 def summarize(evaluations: dict[str, dict[int, Evaluation]]) -> dict:
-    """reports/metrics.json: per variant the mean across seeds, the sample
+    """reports/statistics.json: per variant the mean across seeds, the sample
     std and the 95% t-interval of the mean; bn - nobn paired by seed, with
     the interval of the mean difference and a two-sided paired t-test. With
     one seed, stds, intervals and p-values are null (None)."""
@@ -106,6 +108,19 @@ def summarize(evaluations: dict[str, dict[int, Evaluation]]) -> dict:
         difference[f"{key}_ci95"], difference[f"{key}_p_value"] = _list(p.ci95), p.p_value
     metrics["bn_minus_nobn"] = difference
     return metrics
+
+
+def compared(statistics: dict) -> dict:
+    """reports/metrics.json, DVC's metrics: what `dvc exp show` compares
+    experiments by, in one 120-column table beside two changed params. Mean
+    test accuracy per variant, BatchNorm's paired gain and its p-value (null
+    with one seed); the intervals, losses and seeds are in statistics.json."""
+    diff = statistics["bn_minus_nobn"]
+    return {
+        "bn": {"acc": statistics["bn"]["test_accuracy"]},
+        "nobn": {"acc": statistics["nobn"]["test_accuracy"]},
+        "gain": {"acc": diff["test_accuracy"], "p": diff["test_accuracy_p_value"]},
+    }
 
 
 def _list(interval: tuple[float, float] | None) -> list[float] | None:
@@ -204,7 +219,8 @@ def evaluate_all(params: Params, tracker: tracking.Tracker) -> None:
                 e.test_loss,
             )
     metrics = summarize(evaluations)
-    atomic_write_json(paths.METRICS_FILE, metrics)
+    atomic_write_json(paths.STATISTICS_FILE, metrics)
+    atomic_write_json(paths.METRICS_FILE, compared(metrics), sort_keys=False)  # bn, nobn, gain
     atomic_write_json(paths.EVALUATION_FILE, details(evaluations))
     atomic_write_text(paths.ACCURACY_TABLE, accuracy_table(metrics))
     log_to_mlflow(evaluations, metrics, tracker)

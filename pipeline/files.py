@@ -37,8 +37,10 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+def atomic_write_json(path: Path, data: Any, sort_keys: bool = True) -> None:
+    """`data` as indented JSON; keys sorted unless `sort_keys` is false (then
+    in the dict's own order, e.g. the column order of `dvc exp show`)."""
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=sort_keys) + "\n")
 
 
 def read_json(path: Path, missing: str) -> Any:

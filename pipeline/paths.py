@@ -17,8 +17,9 @@ HISTORY_NAME = "history.json"
 RUNS_NAME = "mlflow_runs.json"
 
 REPORTS_DIR = Path("reports")
-TRAIN_REPORTS_DIR = REPORTS_DIR / "train"  # <variant>.json (DVC metrics), <variant>.csv (plots)
-METRICS_FILE = REPORTS_DIR / "metrics.json"  # evaluate: DVC metrics
+TRAIN_REPORTS_DIR = REPORTS_DIR / "train"  # <variant>.json (summary), <variant>.csv (DVC plots)
+METRICS_FILE = REPORTS_DIR / "metrics.json"  # evaluate: DVC metrics, what experiments compare
+STATISTICS_FILE = REPORTS_DIR / "statistics.json"  # evaluate: every number behind them
 EVALUATION_FILE = REPORTS_DIR / "evaluation.json"  # evaluate: confusion matrices
 ACCURACY_TABLE = REPORTS_DIR / "accuracy.md"
 FIGURES_DIR = REPORTS_DIR / "figures"  # visualize

@@ -1,6 +1,6 @@
 """reports/report.md and its self-contained twin reports/report.html.
 
-The report is a list of blocks built from the numbers (metrics.json, the
+The report is a list of blocks built from the numbers (statistics.json, the
 training histories, the evaluation) and rendered twice: Markdown with
 relative image links, and one HTML file with the images inlined, which a
 browser opens as is.
@@ -55,7 +55,7 @@ class Context:
     commit: str
     device: str
     date: str
-    metrics: dict  # reports/metrics.json
+    metrics: dict  # reports/statistics.json
     evaluation: dict  # reports/evaluation.json
     history: History
     figures: dict[str, str]  # figure name -> path relative to the report

@@ -1,7 +1,7 @@
 """Stage `visualize`: the figures under reports/figures/ and the report.
 
 Reads the checkpoints and training histories of both variants, the
-evaluation (reports/metrics.json, reports/evaluation.json) and the test
+evaluation (reports/statistics.json, reports/evaluation.json) and the test
 images; writes six PNG figures, reports/report.md and the self-contained
 reports/report.html, and attaches figures and report to each variant's
 parent run in MLflow.
@@ -69,7 +69,7 @@ def draw_all(params: VisualizeParams, tracker: tracking.Tracker) -> None:
     batch = scale_images(images[: params.distribution_images])
     history = {v: read_json(paths.MODELS_DIR / v / paths.HISTORY_NAME, RETRAIN) for v in VARIANTS}
     evaluation = read_json(paths.EVALUATION_FILE, "run `dvc repro evaluate`")
-    metrics = read_json(paths.METRICS_FILE, "run `dvc repro evaluate`")
+    metrics = read_json(paths.STATISTICS_FILE, "run `dvc repro evaluate`")
     compared = ("bn", "nobn", "bn_minus_nobn")
     post = {v: report.post_accuracy(v) for v in VARIANTS}
     confusions = {

@@ -91,6 +91,11 @@ def test_summary_has_means_stds_intervals_and_the_paired_test() -> None:
     assert "| bn | 3 | 97.00 | 1.00 | 94.52 to 99.48 | | 0.2000 |" in table
     assert f"| bn - nobn | 3 | +2.67 | 1.53 | {100 * (mean - half):+.2f} to " in table
     assert f"| {diff['test_accuracy_p_value']:.2g} | -0.0900 |" in table
+    assert evaluate.compared(metrics) == {
+        "bn": {"acc": pytest.approx(0.97)},
+        "nobn": {"acc": pytest.approx(0.9433333)},
+        "gain": {"acc": pytest.approx(mean), "p": diff["test_accuracy_p_value"]},
+    }
 
 
 def test_one_seed_has_no_spread_interval_or_p_value() -> None:
@@ -101,6 +106,7 @@ def test_one_seed_has_no_spread_interval_or_p_value() -> None:
     assert metrics["bn_minus_nobn"]["test_accuracy"] == pytest.approx(0.03)
     assert metrics["bn_minus_nobn"]["test_accuracy_p_value"] is None
     assert "| bn - nobn | 1 | +3.00 | - | - | - | -0.1000 |" in evaluate.accuracy_table(metrics)
+    assert evaluate.compared(metrics)["gain"] == {"acc": pytest.approx(0.03), "p": None}
     parent = evaluate.parent_metrics(metrics, "bn")
     assert parent == {
         "eval/bn/test_accuracy": 0.98,
@@ -127,7 +133,8 @@ def test_checkpoints_are_ordered_by_seed_number(tmp_path: Path) -> None:
 
 
 def test_stage_metrics_match_a_fresh_evaluation(reported: Path) -> None:
-    metrics = json.loads((reported / paths.METRICS_FILE).read_text())
+    metrics = json.loads((reported / paths.STATISTICS_FILE).read_text())
+    assert json.loads((reported / paths.METRICS_FILE).read_text()) == evaluate.compared(metrics)
     images, labels = load_split(reported / paths.RAW_DIR, train=False)
     for variant in ("bn", "nobn"):
         for seed, path in checkpoints_of(reported / paths.MODELS_DIR / variant).items():
@@ -147,7 +154,7 @@ def test_stage_metrics_match_a_fresh_evaluation(reported: Path) -> None:
 
 
 def test_final_training_accuracy_equals_evaluation(reported: Path) -> None:
-    metrics = json.loads((reported / paths.METRICS_FILE).read_text())
+    metrics = json.loads((reported / paths.STATISTICS_FILE).read_text())
     for variant in ("bn", "nobn"):
         history = json.loads((reported / paths.MODELS_DIR / variant / "history.json").read_text())
         for seed, rows in history.items():
@@ -158,7 +165,7 @@ def test_final_training_accuracy_equals_evaluation(reported: Path) -> None:
 
 def test_evaluation_lands_in_each_training_run(reported: Path, client) -> None:
     runs = json.loads((reported / paths.MODELS_DIR / "nobn" / paths.RUNS_NAME).read_text())
-    metrics = json.loads((reported / paths.METRICS_FILE).read_text())
+    metrics = json.loads((reported / paths.STATISTICS_FILE).read_text())
     for seed, entry in runs["runs"].items():
         run = client.get_run(entry["run_id"])
         assert run.info.status == "FINISHED"

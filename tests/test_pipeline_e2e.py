@@ -61,9 +61,11 @@ def test_dvc_metrics_and_plots_work_without_mlflow(repo: Path) -> None:
     shown = dvc(repo, "metrics", "show", "--json")
     assert shown.returncode == 0, shown.stderr
     metrics = json.loads(shown.stdout)[""]["data"]
-    assert {"reports/metrics.json", "reports/train/bn.json", "reports/train/nobn.json"} <= set(
-        metrics
-    )
+    assert set(metrics) == {"reports/metrics.json"}  # only what experiments compare
+    compared = metrics["reports/metrics.json"]["data"]
+    assert {variant: sorted(keys) for variant, keys in compared.items()} == {
+        "bn": ["acc"], "nobn": ["acc"], "gain": ["acc", "p"],
+    }  # fmt: skip
     plots = dvc(repo, "plots", "show", "--json")
     assert plots.returncode == 0, plots.stderr
     assert {"test_accuracy", "test_loss", "train_loss"} <= set(json.loads(plots.stdout)["data"])
@@ -71,11 +73,13 @@ def test_dvc_metrics_and_plots_work_without_mlflow(repo: Path) -> None:
 
 def test_forced_rerun_gives_byte_identical_metrics(repo: Path) -> None:
     first = (repo / "reports" / "metrics.json").read_bytes()
+    statistics = (repo / "reports" / "statistics.json").read_bytes()
     evaluation = (repo / "reports" / "evaluation.json").read_bytes()
     again = dvc(repo, "repro", "--force")
     assert again.returncode == 0, again.stderr
     assert "Running stage 'train_bn'" in again.stdout
     assert (repo / "reports" / "metrics.json").read_bytes() == first
+    assert (repo / "reports" / "statistics.json").read_bytes() == statistics
     assert (repo / "reports" / "evaluation.json").read_bytes() == evaluation
 
 
@@ -161,3 +165,53 @@ def test_push_then_pull_into_a_fresh_clone_needs_no_rerun(repo: Path, tmp_path: 
     assert again.returncode == 0, again.stderr
     assert "Running stage" not in again.stdout
     assert json.loads(dvc(clone, "status", "--json").stdout) == {}
+
+
+# README, "Comparing experiments": the command that compares them at a glance.
+EXP_SHOW = ["exp", "show", "--only-changed", "--drop", "data/|reports/"]
+
+
+def on_a_terminal(repo: Path, columns: int, *args: str) -> str:
+    """What `dvc <args>` prints on a terminal `columns` wide (DVC fits its
+    tables to a terminal, collapsing what does not fit into `…`)."""
+    import fcntl
+    import pty
+    import re
+    import struct
+    import termios
+
+    main, child = pty.openpty()
+    fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PAGER")}
+    env |= {"COLUMNS": str(columns), "TERM": "xterm", "DVC_PAGER": "cat"}
+    shown = subprocess.Popen([sys.executable, "-m", "dvc", *args], cwd=repo, env=env,
+                             stdin=child, stdout=child, stderr=child)  # fmt: skip
+    os.close(child)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(main, 1 << 16)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(main)
+    assert shown.wait(timeout=60) == 0, output.decode()
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", output.decode())
+
+
+def test_exp_show_compares_experiments_at_a_glance_in_120_columns(repo: Path) -> None:
+    done = dvc(repo, "exp", "run", "-S", "train.batch_size=16", "-S", "model.depth=5")
+    assert done.returncode == 0, done.stdout + done.stderr
+    table = on_a_terminal(repo, 120, *EXP_SHOW, "--no-pager")
+    header = next(line for line in table.splitlines() if "Experiment" in line).split()
+    # Every column DVC finds changed (a metric equal in both rows drops out) fits:
+    columns = dvc(repo, *EXP_SHOW, "--csv").stdout.splitlines()[0].split(",")
+    assert header == [c for c in columns if c not in ("rev", "typ")], table
+    assert {"bn.acc", "gain.acc", "model.depth", "train.batch_size"} <= set(header)
+    assert set(header[2:-2]) <= {"bn.acc", "nobn.acc", "gain.acc", "gain.p"}
+    assert "…" not in table
+    assert max(len(line.rstrip()) for line in table.splitlines()) <= 120
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert f"dvc {' '.join(EXP_SHOW[:-1])} '{EXP_SHOW[-1]}'" in readme

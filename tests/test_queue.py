@@ -60,7 +60,7 @@ def test_experiments_show_their_params_and_metrics(repo: Path) -> None:
     deep = found["deep"]
     assert deep["params"]["params.yaml"]["data"]["model"]["depth"] == 4
     metrics = deep["metrics"]["reports/metrics.json"]["data"]
-    assert 0 <= metrics["bn"]["test_accuracy"] <= 1
+    assert 0 <= metrics["bn"]["acc"] <= 1
 
 
 def test_every_run_lands_in_the_main_repository_store(repo: Path) -> None:

@@ -112,8 +112,8 @@ def test_stage_writes_every_figure_as_png(reported: Path) -> None:
     assert sorted(p.stem for p in (reported / paths.FIGURES_DIR).iterdir()) == sorted(FIGURES)
 
 
-def test_report_numbers_equal_metrics_json(reported: Path) -> None:
-    metrics = json.loads((reported / paths.METRICS_FILE).read_text())
+def test_report_numbers_equal_statistics_json(reported: Path) -> None:
+    metrics = json.loads((reported / paths.STATISTICS_FILE).read_text())
     text = (reported / paths.REPORT_MD).read_text()
     for variant, label in (("bn", "with BatchNorm"), ("nobn", "without BatchNorm")):
         m = metrics[variant]
@@ -149,7 +149,7 @@ def test_html_is_self_contained(reported: Path) -> None:
     assert not re.search(r"""(src|href)\s*=\s*["'](?!data:)""", page)
     assert "<link" not in page and "<script" not in page and "url(" not in page
     assert "http://" not in page and "https://" not in page
-    metrics = json.loads((reported / paths.METRICS_FILE).read_text())
+    metrics = json.loads((reported / paths.STATISTICS_FILE).read_text())
     assert f"<td>{100 * metrics['bn']['test_accuracy']:.2f}</td>" in page
 
 
