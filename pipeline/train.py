@@ -151,6 +151,15 @@ def seed_tags(
     return tags | {"seeds": listed, "mlflow.note.content": note}
 
 
+def served_model_tags(run_tags: dict[str, str]) -> dict[str, str]:
+    """The tags of a seed's logged model: its run's variant, seed, source and
+    description, and what the model takes and gives."""
+    kept = ("variant", "seed", "mlflow.source.name", "mlflow.source.type")
+    tags = {key: run_tags[key] for key in kept}
+    note = f"{run_tags['mlflow.note.content']}. Predicts digits from float32 images (N, 784) in [0, 1]."
+    return tags | {"mlflow.note.content": note}
+
+
 def across_seeds(records: list[EpochRecord]) -> dict[str, float]:
     """What a parent run logs per epoch: the mean (and, with several seeds,
     the sample std) across seeds of the headline metrics, and the epoch's time."""
@@ -283,11 +292,12 @@ def train_variant(
             contextlib.ExitStack() as seed_runs,
         ):  # fmt: skip
             parent.log_dataset(paths.MNIST_RAW_DIR, digests)
-            runs = []
+            runs, model_tags = [], []
             for seed in seeds:
                 tags = seed_tags(variant, seed, device, execution, seeds, params.train.epochs)
                 run = tracker.run(experiment, f"{variant}-seed{seed}", tags, logged_params, parent)
                 runs.append(seed_runs.enter_context(run))
+                model_tags.append(served_model_tags(tags))
             if params.tracking.log_model:
                 tracker.prepare_model_logging()
             for run in runs:
@@ -296,16 +306,16 @@ def train_variant(
             models, histories = train_seeds(variant, params, data, info, runs, parent,
                                             Path(scratch), tracker.caught_up())  # fmt: skip
             logged = []
-            for seed, run, model, history in zip(seeds, runs, models, histories, strict=True):
+            for seed, run, model, history, model_tag in zip(seeds, runs, models, histories,
+                                                            model_tags, strict=True):  # fmt: skip
                 final = make_checkpoint(model, epoch=history[-1].epoch,
                                         metrics=history[-1].metrics(),
                                         mlflow_run_id=run.run_id, **info, seed=seed)  # fmt: skip
                 save_checkpoint(checkpoint_path(staging, seed), final)
                 if params.tracking.log_model:  # from the file: read before staging moves
-                    model_tags = {"variant": variant, "seed": str(seed)}
                     logged.append(run.log_model(checkpoint_path(staging, seed),
                                                 data.test_x[:5].cpu(), f"{variant}-seed{seed}",
-                                                model_tags))  # fmt: skip
+                                                model_tag))  # fmt: skip
             uris = [answer.result() for answer in logged] or [None] * len(seeds)
             record = {
                 "tracking_uri": tracker.uri,

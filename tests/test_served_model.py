@@ -106,6 +106,10 @@ def test_logged_models_are_named_tagged_and_typed(workspace: Path, client, store
     for name, model in models.items():
         variant, _, seed = name.partition("-seed")
         assert model.tags["variant"] == variant and model.tags["seed"] == seed
+        assert model.tags["mlflow.source.name"] == "pipeline.train"  # not the helper
+        assert model.tags["mlflow.note.content"].endswith(
+            f"seed {seed}, 2 epochs. Predicts digits from float32 images (N, 784) in [0, 1]."
+        )
         assert model.source_run_id == seed_runs[name]
         assert model.params["model.depth"] == "3"  # the run's params
     info = get_model_info(f"models:/{models['bn-seed0'].model_id}")
