@@ -1,7 +1,8 @@
-# Two commands on a fresh clone:
+# On a fresh clone:
 #   make run    reproduce the experiment (dvc repro)
+#   make study  the depth study: DVC experiments over study.depths (after make run)
 #   make test   lint, then the whole test suite
-# Both create .venv with the project installed on first use, and again only
+# Each creates .venv with the project installed on first use, and again only
 # when pyproject.toml changes.
 
 PYTHON ?= python3
@@ -11,9 +12,16 @@ STAMP := $(VENV)/.installed
 # Stages run `python -m pipeline.<stage>`: the venv's python comes first.
 WITH_VENV := PATH="$(abspath $(BIN)):$$PATH" VIRTUAL_ENV="$(abspath $(VENV))"
 
-.PHONY: run test lint setup
+.PHONY: run study test lint setup
 run: $(STAMP)
 	$(WITH_VENV) dvc repro
+
+# The depth study (params.yaml `study`): one DVC experiment per depth not yet
+# computed, run by DVC's queue, then the summary in reports/study/.
+study: $(STAMP)
+	$(WITH_VENV) python -m pipeline.study queue
+	$(WITH_VENV) dvc exp run --run-all --jobs 1
+	$(WITH_VENV) python -m pipeline.study
 
 test: lint
 	$(WITH_VENV) python -m pytest

@@ -1,4 +1,4 @@
-"""Per-epoch training records turned into the DVC metrics and plots files."""
+"""Per-epoch training records turned into the summary, plots and history files."""
 
 from __future__ import annotations
 
@@ -10,10 +10,13 @@ from pipeline.stats import mean_std
 from pipeline.training import EpochRecord
 
 SUMMARY_KEYS = ("test_accuracy", "test_loss", "train_loss")
+LAYER_KEYS = ("dead_fraction", "grad_norm")  # the depth study's diagnostics
 
 
 def summarize(histories: dict[int, list[EpochRecord]]) -> dict:
-    """Final-epoch values per seed, their mean and std across seeds."""
+    """reports/train/<variant>.json: final-epoch values per seed, their mean
+    and std across seeds, and each hidden layer's dead-unit fraction and
+    gradient norm (mean across seeds)."""
     finals = {seed: history[-1] for seed, history in histories.items()}
     summary: dict = {}
     for key in SUMMARY_KEYS:
@@ -28,6 +31,12 @@ def summarize(histories: dict[int, list[EpochRecord]]) -> dict:
         str(seed): {key: getattr(record, key) for key in SUMMARY_KEYS}
         for seed, record in finals.items()
     }
+    # per hidden layer, first first, at the last epoch, mean across seeds
+    summary["layers"] = {
+        key: [statistics.fmean(getattr(layer, key) for layer in per_seed)
+              for per_seed in zip(*(r.layers for r in finals.values()), strict=True)]
+        for key in LAYER_KEYS
+    }  # fmt: skip
     return summary
 
 

@@ -93,6 +93,20 @@ class TrackingParams(Section):
     log_model: bool
 
 
+class StudyParams(Section):
+    """`make study` (pipeline/study.py); no stage of `dvc repro` reads it."""
+
+    depths: Annotated[list[Annotated[int, Field(ge=1, le=100)]], Field(min_length=1, max_length=50)]
+
+    @field_validator("depths")
+    @classmethod
+    def depths_unique(cls, depths: list[int]) -> list[int]:
+        repeated = sorted({d for d in depths if depths.count(d) > 1})
+        if repeated:
+            raise ValueError(f"must not repeat a depth (repeated: {repeated})")
+        return sorted(depths)
+
+
 class Params(Section):
     data: DataParams
     model: ModelParams
@@ -100,6 +114,7 @@ class Params(Section):
     evaluate: EvaluateParams
     visualize: VisualizeParams
     tracking: TrackingParams
+    study: StudyParams
 
 
 class _Loader(yaml.SafeLoader):

@@ -57,3 +57,8 @@ def test_download_writes_where_training_reads() -> None:
     from pipeline import paths
 
     assert STAGES["download"]["outs"] == [str(paths.RAW_DIR)]
+
+
+def test_plain_repro_is_the_five_stages_and_never_the_study() -> None:
+    assert sorted(STAGES) == ["download", "evaluate", "train_bn", "train_nobn", "visualize"]
+    assert not any("study" in stage["cmd"] for stage in STAGES.values())

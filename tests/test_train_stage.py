@@ -144,6 +144,17 @@ def test_checkpoints_and_data_lineage_are_artifacts(workspace: Path, client) -> 
     assert run.info.artifact_uri.startswith((workspace / "store" / "mlruns").as_uri())
 
 
+def test_the_train_summary_holds_each_layers_final_diagnostics(workspace: Path) -> None:
+    summary = json.loads((workspace / paths.TRAIN_REPORTS_DIR / "nobn.json").read_text())
+    history = json.loads((workspace / paths.MODELS_DIR / "nobn" / "history.json").read_text())
+    for key in ("dead_fraction", "grad_norm"):
+        expected = [
+            sum(history[seed][-1][f"layer_{k:02d}/{key}"] for seed in ("0", "1")) / 2
+            for k in (1, 2, 3)
+        ]
+        assert summary["layers"][key] == pytest.approx(expected)
+
+
 def test_training_refuses_data_that_changed(workspace: Path, tmp_path: Path) -> None:
     raw = tmp_path / "raw"
     shutil.copytree(workspace / paths.RAW_DIR, raw)
