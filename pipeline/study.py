@@ -115,10 +115,10 @@ def to_compute(
     workspace: Experiment,
     experiments: list[Experiment],
     depths: list[int],
-    same_code: Callable[[str], bool],
+    same_code: Callable[[Experiment], bool],
 ) -> list[int]:
     """The depths with no successful experiment of the workspace's params
-    and code; `same_code(rev)` tells whether a commit's code is the
+    and code; `same_code(e)` tells whether the code e's stages ran is the
     workspace's (the workspace's own dependency hashes are those of its last
     `dvc repro`, not of its files)."""
     done = {
@@ -126,7 +126,7 @@ def to_compute(
         for e in experiments
         if not e.failed
         and not setup_differences([_params_only(e), _params_only(workspace)])
-        and same_code(e.rev)
+        and same_code(e)
     }
     return [depth for depth in depths if depth not in done]
 
@@ -135,9 +135,12 @@ def _params_only(e: Experiment) -> Experiment:
     return Experiment(e.name, e.rev, e.created, e.failed, e.params, {})
 
 
-def same_code_as_workspace(rev: str) -> bool:
-    """Whether the pipeline's code and dvc.yaml at `rev` are those in the workspace."""
-    done = subprocess.run(["git", "diff", "--quiet", rev, "--", "pipeline", "dvc.yaml"],
+def same_code_as_workspace(e: Experiment) -> bool:
+    """Whether the modules e's stages depend on, and dvc.yaml, are at e's
+    commit what they are in the workspace (the study's own modules are not
+    among them: changing the summary recomputes nothing)."""
+    modules = [path for path in e.code if path.startswith("pipeline/")]
+    done = subprocess.run(["git", "diff", "--quiet", e.rev, "--", "dvc.yaml", *modules],
                           capture_output=True, check=False)  # fmt: skip
     return done.returncode == 0
 

@@ -24,6 +24,7 @@ from pipeline.stats import show_interval
 __all__ = ["build", "render_html", "render_markdown", "save"]
 
 ACCURACY_FIGURE, DIAGNOSTICS_FIGURE = "depth_accuracy.png", "depth_diagnostics.png"
+NEAR_CHANCE = 0.2  # test accuracy below which a model learnt next to nothing (chance: 0.1)
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class Row:
     p_value: float | None
     dead: dict[str, float]  # variant -> mean dead-unit fraction over the hidden layers
     grad_ratio: dict[str, float]  # variant -> first / last hidden layer's gradient norm
+    stalled: dict[str, int]  # variant -> seeds that ended near chance (NEAR_CHANCE)
 
 
 def row(depth: int, name: str, results: dict) -> Row:
@@ -54,6 +56,10 @@ def row(depth: int, name: str, results: dict) -> Row:
         p_value=diff["test_accuracy_p_value"],
         dead={v: statistics.fmean(layers[v]["dead_fraction"]) for v in VARIANTS},
         grad_ratio={v: _ratio(layers[v]["grad_norm"]) for v in VARIANTS},
+        stalled={
+            v: sum(seed["test_accuracy"] < NEAR_CHANCE for seed in stats[v]["per_seed"].values())
+            for v in VARIANTS
+        },
     )
 
 
@@ -69,38 +75,60 @@ def _with_ci(value: str, interval: list[float] | None, sign: str = "") -> str:
     return value if interval is None else f"{value} (95% CI {show_interval(interval, sign=sign)})"
 
 
-def _points(r: Row) -> str:
-    return _with_ci(f"{_gain(r.gain)} points", r.gain_ci, "+")
+def _points(r: Row, inner: bool = False) -> str:
+    """ "+0.41 points (95% CI +0.15 to +0.67)"; inside parentheses, with a comma."""
+    if r.gain_ci is None:
+        return f"{_gain(r.gain)} points"
+    interval = show_interval(r.gain_ci, sign="+")
+    return (
+        f"{_gain(r.gain)} points, 95% CI {interval}"
+        if inner
+        else (f"{_gain(r.gain)} points (95% CI {interval})")
+    )
 
 
 def finding(rows: list[Row]) -> str:
-    """Where the gain's 95% CI first lies above zero, with its uncertainty,
-    and how the gain runs from the shallowest to the deepest point."""
+    """Where the gain's 95% CI first lies above zero, with its uncertainty;
+    how the gain runs from the shallowest to the deepest point; and where
+    seeds did not learn at all."""
     if not rows:
         return "No point of the study has results yet: run `make study`."
     first, last = rows[0], rows[-1]
-    span = (
+    parts = [
         f"BatchNorm's gain goes from {_points(first)} at depth {first.depth} to "
         f"{_points(last)} at depth {last.depth}."
-    )
+    ]
     if any(r.gain_ci is None for r in rows):
-        return f"{span} With one seed per point there are no intervals, so no depth can be called."
-    above = [r for r in rows if r.gain_ci[0] > 0]
-    if not above:
-        return f"{span} At no depth does the gain's 95% CI exclude zero."
-    start = above[0]
-    holds = all(r.gain_ci[0] > 0 for r in rows if r.depth >= start.depth)
-    after = "and at every deeper point" if holds else "though not at every deeper point"
-    below = [r.depth for r in rows if r.depth < start.depth]
-    before = (
-        f"; at {', '.join(map(str, below))} layers the CI includes zero or lies below it"
-        if below
-        else ""
-    )
-    return (
-        f"{span} The smallest depth whose 95% CI of the gain excludes zero is {start.depth} "
-        f"({_points(start)}, p = {start.p_value:.2g}), {after}{before}."
-    )
+        parts.append("With one seed per point there are no intervals, so no depth can be called.")
+    else:
+        above = [r for r in rows if r.gain_ci[0] > 0]
+        if not above:
+            parts.append("At no depth does the gain's 95% CI exclude zero.")
+        else:
+            start = above[0]
+            holds = all(r.gain_ci[0] > 0 for r in rows if r.depth >= start.depth)
+            where = (
+                f"already at the shallowest depth studied, {start.depth}"
+                if start is first
+                else f"from depth {start.depth} on"
+            )
+            shallower = [str(r.depth) for r in rows if r.depth < start.depth]
+            parts.append(
+                f"Its 95% CI excludes zero {where} ({_points(start, inner=True)}; p = "
+                f"{start.p_value:.2g}), "
+                + ("and at every deeper point" if holds else "though not at every deeper point")
+                + (f"; at {', '.join(shallower)} layers it does not." if shallower else ".")
+            )
+    for r in rows:
+        for variant in VARIANTS:
+            if r.stalled[variant]:
+                parts.append(
+                    f"At depth {r.depth}, {r.stalled[variant]} of {r.seeds} seeds "
+                    f"{LABELS[variant]} ended below {100 * NEAR_CHANCE:.0f}% test accuracy "
+                    "(chance is 10%): they learnt next to nothing, and the t-interval of that "
+                    "mean, which assumes a roughly normal spread, is only a rough guide."
+                )
+    return " ".join(parts)
 
 
 def table(rows: list[Row]) -> Table:
@@ -130,6 +158,7 @@ def accuracy_figure(rows: list[Row]) -> Figure:
         means = [100 * r.accuracy[variant][0] for r in rows]
         accuracy.errorbar(depths, means, yerr=_errors(means, [r.accuracy[variant][1] for r in rows]),
                           fmt="o-", capsize=4, color=COLORS[variant], label=LABELS[variant])  # fmt: skip
+    accuracy.set_ylim(top=100.5)  # a t-interval may run past 100%: accuracy cannot
     accuracy.set_xlabel("hidden layers (model.depth)")
     accuracy.set_ylabel("test accuracy (%)")
     accuracy.set_title("Mean over seeds, 95% CI")
@@ -138,8 +167,9 @@ def accuracy_figure(rows: list[Row]) -> Figure:
     gain.axhline(0, color="0.4", lw=1, ls="--")
     gain.errorbar(depths, gains, yerr=_errors(gains, [r.gain_ci for r in rows]), fmt="D-",
                   capsize=4, color="tab:green")  # fmt: skip
+    gain.set_yscale("symlog", linthresh=2)  # small gains stay readable beside a collapse
     gain.set_xlabel("hidden layers (model.depth)")
-    gain.set_ylabel("gain (points)")
+    gain.set_ylabel("gain (points; linear to 2, log beyond)")
     gain.set_title("BatchNorm's paired gain, 95% CI")
     for ax in (accuracy, gain):
         ax.set_xticks(depths)

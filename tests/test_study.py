@@ -57,8 +57,8 @@ def test_only_depths_without_a_successful_point_of_the_same_setup_are_queued() -
         ("other-study-list", record("e5", 15, depths=(15,))),  # study.* is not the setup
     ))  # fmt: skip
 
-    def same_code(rev: str) -> bool:  # as git would answer for the workspace's code
-        return next(e for e in experiments if e.rev == rev).code["pipeline/train.py"] == "c1"
+    def same_code(e: study.Experiment) -> bool:  # as git would answer for the workspace
+        return e.code["pipeline/train.py"] == "c1"
 
     depths = [2, 4, 6, 10, 15, 20]
     assert study.to_compute(workspace, experiments, depths, same_code) == [4, 6, 10, 20]
@@ -126,10 +126,13 @@ def test_the_finding_names_the_smallest_depth_whose_interval_excludes_zero() -> 
                                       6: [0.01, 0.012, 0.011]}))  # fmt: skip
     assert text.startswith("BatchNorm's gain goes from +0.03 points (95% CI ")
     assert (
-        "The smallest depth whose 95% CI of the gain excludes zero is 4 (+0.50 points (95% CI +0.25"
+        "Its 95% CI excludes zero from depth 4 on (+0.50 points, 95% CI +0.25 to +0.75; p = "
         in text
     )
-    assert "and at every deeper point; at 2 layers the CI includes zero" in text
+    assert text.endswith("), and at every deeper point; at 2 layers it does not.")
+    already = study_report.finding(rows({4: [0.004, 0.006, 0.005], 6: [-0.01, 0.01, 0.0]}))
+    assert "excludes zero already at the shallowest depth studied, 4 (" in already
+    assert already.endswith("), though not at every deeper point.")
 
 
 def test_the_finding_says_when_no_depth_or_no_interval_allows_a_call() -> None:
@@ -139,6 +142,14 @@ def test_the_finding_says_when_no_depth_or_no_interval_allows_a_call() -> None:
     assert "from +1.00 points at depth 2 to +2.00 points at depth 4." in single
     assert single.endswith("no depth can be called.")
     assert study_report.finding([]).startswith("No point of the study has results yet")
+
+
+def test_the_finding_names_seeds_that_learnt_nothing() -> None:
+    r = study_report.row(20, "d20", results([0.97, 0.96, 0.97], [0.1135, 0.91, 0.1135],
+                                            [0.5], [1.0]))  # fmt: skip
+    assert r.stalled == {"bn": 0, "nobn": 2}
+    text = study_report.finding([r])
+    assert "At depth 20, 2 of 3 seeds without BatchNorm ended below 20% test accuracy" in text
 
 
 def test_the_summary_names_points_without_results_and_tabulates_the_rest() -> None:
