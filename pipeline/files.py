@@ -37,6 +37,11 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
+def save_figure(figure: Any, path: Path, dpi: int) -> None:
+    """A matplotlib Figure as PNG, written atomically."""
+    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=dpi))
+
+
 def atomic_write_json(path: Path, data: Any, sort_keys: bool = True) -> None:
     """`data` as indented JSON; keys sorted unless `sort_keys` is false (then
     in the dict's own order, e.g. the column order of `dvc exp show`)."""

@@ -31,7 +31,7 @@ def summarize(histories: dict[int, list[EpochRecord]]) -> dict:
         str(seed): {key: getattr(record, key) for key in SUMMARY_KEYS}
         for seed, record in finals.items()
     }
-    # per hidden layer, first first, at the last epoch, mean across seeds
+    # per hidden layer (the first one first), at the last epoch, mean across seeds
     summary["layers"] = {
         key: [statistics.fmean(getattr(layer, key) for layer in per_seed)
               for per_seed in zip(*(r.layers for r in finals.values()), strict=True)]

@@ -31,6 +31,14 @@ from pipeline.errors import ParamsError
 PositiveFloat = Annotated[float, Field(gt=0)]
 Beta = Annotated[float, Field(ge=0, lt=1)]
 Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
+Depth = Annotated[int, Field(ge=1, le=100)]  # hidden blocks
+
+
+def no_repeats(values: list[int], what: str) -> list[int]:
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+        raise ValueError(f"must not repeat a {what} (repeated: {repeated})")
+    return values
 
 
 class Section(BaseModel):
@@ -53,7 +61,7 @@ class DataParams(Section):
 
 
 class ModelParams(Section):
-    depth: Annotated[int, Field(ge=1, le=100)]
+    depth: Depth
     width: Annotated[int, Field(ge=1, le=4096)]
 
 
@@ -72,10 +80,7 @@ class TrainParams(Section):
     @field_validator("seeds")
     @classmethod
     def seeds_unique(cls, seeds: list[int]) -> list[int]:
-        repeated = sorted({s for s in seeds if seeds.count(s) > 1})
-        if repeated:
-            raise ValueError(f"must not repeat a seed (repeated: {repeated})")
-        return seeds
+        return no_repeats(seeds, "seed")
 
 
 class EvaluateParams(Section):
@@ -96,15 +101,12 @@ class TrackingParams(Section):
 class StudyParams(Section):
     """`make study` (pipeline/study.py); no stage of `dvc repro` reads it."""
 
-    depths: Annotated[list[Annotated[int, Field(ge=1, le=100)]], Field(min_length=1, max_length=50)]
+    depths: Annotated[list[Depth], Field(min_length=2, max_length=50)]  # a study: 2 or more
 
     @field_validator("depths")
     @classmethod
     def depths_unique(cls, depths: list[int]) -> list[int]:
-        repeated = sorted({d for d in depths if depths.count(d) > 1})
-        if repeated:
-            raise ValueError(f"must not repeat a depth (repeated: {repeated})")
-        return sorted(depths)
+        return sorted(no_repeats(depths, "depth"))
 
 
 class Params(Section):

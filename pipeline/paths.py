@@ -25,3 +25,4 @@ ACCURACY_TABLE = REPORTS_DIR / "accuracy.md"
 FIGURES_DIR = REPORTS_DIR / "figures"  # visualize
 REPORT_MD = REPORTS_DIR / "report.md"
 REPORT_HTML = REPORTS_DIR / "report.html"
+STUDY_DIR = REPORTS_DIR / "study"  # `make study`: depth.md, depth.html and their figures

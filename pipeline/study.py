@@ -9,10 +9,11 @@ as in the workspace. DVC runs them (`make study`):
     python -m pipeline.study          # reports/study/depth.md and depth.html
 
 `queue` leaves out the depths that already have a successful experiment
-with the workspace's params and code. The summary reads every experiment
-through `dvc exp show --json`, takes per depth the newest successful one,
-and reads its statistics (reports/statistics.json, reports/train/<variant>.json)
-at its commit with `dvc.api.read`. Plain `dvc repro` never runs the study.
+with the workspace's params and stage code. The summary reads the
+experiments of every commit through `dvc exp show --json -A`, takes per
+depth the newest successful one, and reads its statistics
+(reports/statistics.json, reports/train/<variant>.json) at its commit with
+`dvc.api.read`. Plain `dvc repro` never runs the study.
 """
 
 from __future__ import annotations
@@ -28,13 +29,13 @@ from typing import Any
 from pipeline import paths, study_report
 from pipeline.cli import run_stage, stage_parser
 from pipeline.errors import PipelineError
-from pipeline.files import atomic_write_text
+from pipeline.files import atomic_write_text, save_figure
 from pipeline.model import VARIANTS
-from pipeline.params import load_params
+from pipeline.params import Params, load_params
+from pipeline.report import render_html, render_markdown
 
 log = logging.getLogger("study")
 
-STUDY_DIR = paths.REPORTS_DIR / "study"
 VARIED = "model.depth"  # the one param the points may differ in (study.* aside)
 
 
@@ -45,16 +46,17 @@ class Experiment:
     name: str
     rev: str  # its commit
     created: str  # ISO timestamp
-    failed: bool
+    state: str  # success | failed | queued | running
     params: dict[str, Any]  # params.yaml, flattened: {"model.depth": 10, ...}
     code: dict[str, str]  # the pipeline's modules and data/raw: path -> hash
 
     @property
-    def depth(self) -> Any:
+    def depth(self) -> int | None:
         return self.params.get(VARIED)
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as dotted keys (params.flatten does it for Params models)."""
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         if isinstance(value, dict):
@@ -64,15 +66,18 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _experiment(name: str, rev: dict) -> Experiment:
+def _experiment(name: str, rev: dict, executor: dict | None) -> Experiment:
+    """`executor` is DVC's queue record (absent for `dvc exp run` in place)."""
     data = rev.get("data") or {}
+    state = (executor or {}).get("state") or "success"
+    if rev.get("error") or not data:
+        state = "failed"
     params = (data.get("params") or {}).get(str(paths.PARAMS_FILE), {}).get("data", {})
     deps = data.get("deps") or {}
     code = {path: dep.get("hash") for path, dep in deps.items()
             if path.startswith("pipeline/") or path == str(paths.RAW_DIR)}  # fmt: skip
     return Experiment(name=name, rev=rev.get("rev", ""), created=data.get("timestamp") or "",
-                      failed=bool(rev.get("error")) or not data, params=_flatten(params),
-                      code=code)  # fmt: skip
+                      state=state, params=_flatten(params), code=code)  # fmt: skip
 
 
 def parse_exp_show(shown: list[dict]) -> tuple[Experiment, list[Experiment]]:
@@ -80,13 +85,12 @@ def parse_exp_show(shown: list[dict]) -> tuple[Experiment, list[Experiment]]:
     workspace, experiments = None, []
     for baseline in shown:
         if baseline.get("rev") == "workspace":
-            workspace = _experiment("workspace", baseline)
+            workspace = _experiment("workspace", baseline, None)
         for entry in baseline.get("experiments") or []:
             revs = entry.get("revs") or []
             if revs:
-                experiments.append(
-                    _experiment(entry.get("name") or revs[0].get("rev", ""), revs[0])
-                )
+                experiments.append(_experiment(entry.get("name") or revs[0].get("rev", ""),
+                                               revs[0], entry.get("executor")))  # fmt: skip
     if workspace is None:
         raise PipelineError("`dvc exp show --json` listed no workspace: is this a DVC repository?")
     return workspace, experiments
@@ -117,14 +121,14 @@ def to_compute(
     depths: list[int],
     same_code: Callable[[Experiment], bool],
 ) -> list[int]:
-    """The depths with no successful experiment of the workspace's params
-    and code; `same_code(e)` tells whether the code e's stages ran is the
+    """The depths with no successful (or queued, or running) experiment of
+    the workspace's params and code; `same_code(e)` tells whether the code e's stages ran is the
     workspace's (the workspace's own dependency hashes are those of its last
     `dvc repro`, not of its files)."""
     done = {
         e.depth
         for e in experiments
-        if not e.failed
+        if e.state != "failed"
         and not setup_differences([_params_only(e), _params_only(workspace)])
         and same_code(e)
     }
@@ -132,7 +136,7 @@ def to_compute(
 
 
 def _params_only(e: Experiment) -> Experiment:
-    return Experiment(e.name, e.rev, e.created, e.failed, e.params, {})
+    return Experiment(e.name, e.rev, e.created, e.state, e.params, {})
 
 
 def same_code_as_workspace(e: Experiment) -> bool:
@@ -141,27 +145,33 @@ def same_code_as_workspace(e: Experiment) -> bool:
     among them: changing the summary recomputes nothing)."""
     modules = [path for path in e.code if path.startswith("pipeline/")]
     done = subprocess.run(["git", "diff", "--quiet", e.rev, "--", "dvc.yaml", *modules],
-                          capture_output=True, check=False)  # fmt: skip
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    if done.returncode not in (0, 1):
+        log.warning("git diff against %s (%s) failed, so it counts as other code: %s",
+                    e.rev[:7], e.name, done.stderr.strip())  # fmt: skip
     return done.returncode == 0
 
 
 def choose_points(experiments: list[Experiment], depths: list[int]) -> dict[int, Experiment | str]:
     """Per depth, the newest successful experiment; or why there is none
-    ("failed: <names>" or "missing")."""
+    ("running: <names>", "queued: ...", "failed: ..." or "missing")."""
     chosen: dict[int, Experiment | str] = {}
     for depth in depths:
         at_depth = sorted((e for e in experiments if e.depth == depth), key=lambda e: e.created)
-        succeeded = [e for e in at_depth if not e.failed]
+        succeeded = [e for e in at_depth if e.state == "success"]
         if succeeded:
             chosen[depth] = succeeded[-1]
-        elif at_depth:
-            chosen[depth] = f"failed: {', '.join(e.name for e in at_depth)}"
-        else:
-            chosen[depth] = "missing"
+            continue
+        chosen[depth] = "missing"
+        for state in ("running", "queued", "failed"):
+            names = [e.name for e in at_depth if e.state == state]
+            if names:
+                chosen[depth] = f"{state}: {', '.join(names)}"
+                break
     return chosen
 
 
-def read_results(point: Experiment, read: Any) -> dict | str:
+def read_results(point: Experiment, read: Callable[[str, str], str]) -> dict | str:
     """The point's statistics.json and both train summaries; or what is
     missing. `read(path, rev)` returns a file's text at a commit."""
     results = {}
@@ -186,21 +196,29 @@ def dvc(*args: str) -> subprocess.CompletedProcess:
                           check=False)  # fmt: skip
 
 
+def _failure(command: str, done: subprocess.CompletedProcess) -> PipelineError:
+    lines = done.stderr.strip().splitlines() or ["no message"]
+    return PipelineError(f"`dvc {command}` failed (exit {done.returncode}): {lines[-1]}")
+
+
 def exp_show() -> list[dict]:
-    done = dvc("exp", "show", "--json")
+    """Every experiment of every commit (-A): committing the study's summary
+    moves HEAD, and its points stay valid while the stages' code and params
+    do not change."""
+    done = dvc("exp", "show", "--json", "--all-commits")
     if done.returncode != 0:
-        raise PipelineError(f"dvc exp show --json failed: {done.stderr.strip()[-500:]}")
+        raise _failure("exp show --json --all-commits", done)
     return json.loads(done.stdout)
 
 
 def _read_at(path: str, rev: str) -> str:
     import dvc.api
-    from dvc.exceptions import PathMissingError
+    from dvc.exceptions import DvcException
 
     try:
         return dvc.api.read(path, repo=".", rev=rev)
-    except PathMissingError:
-        raise FileNotFoundError(path) from None
+    except DvcException as err:  # not there, or not readable at that commit
+        raise FileNotFoundError(f"{path}: {err}") from None
 
 
 def queue(depths: list[int]) -> None:
@@ -216,13 +234,20 @@ def queue(depths: list[int]) -> None:
     log.info("dvc %s", " ".join(command))
     done = dvc(*command)
     if done.returncode != 0:
-        raise PipelineError(f"dvc {' '.join(command)} failed: {done.stderr.strip()[-500:]}")
+        raise _failure(" ".join(command), done)
 
 
-def summarize(depths: list[int]) -> None:
+def summarize(depths: list[int], dpi: int) -> None:
+    """Write the summary; refuse (writing nothing) when no depth has a
+    successful experiment or the points differ in more than depth."""
     _, experiments = parse_exp_show(exp_show())
     chosen = choose_points(experiments, depths)
     points = [p for p in chosen.values() if isinstance(p, Experiment)]
+    if not points:
+        raise PipelineError(
+            f"no depth of study.depths {depths} has a successful DVC experiment "
+            f"({'; '.join(f'{d}: {why}' for d, why in chosen.items())}): run `make study`"
+        )
     differences = setup_differences(points)
     if differences:
         raise PipelineError(
@@ -235,13 +260,14 @@ def summarize(depths: list[int]) -> None:
     for depth, point in chosen.items():
         results[depth] = read_results(point, _read_at) if isinstance(point, Experiment) else point
     names = {d: p.name for d, p in chosen.items() if isinstance(p, Experiment)}
-    blocks, figures = study_report.build(results, names, points[0].params if points else {})
-    STUDY_DIR.mkdir(parents=True, exist_ok=True)
+    blocks, figures = study_report.build(results, names, points[0].params)
+    folder = paths.STUDY_DIR
+    folder.mkdir(parents=True, exist_ok=True)
     for name, figure in figures.items():
-        study_report.save(figure, STUDY_DIR / name)
-    atomic_write_text(STUDY_DIR / "depth.md", study_report.render_markdown(blocks))
-    atomic_write_text(STUDY_DIR / "depth.html", study_report.render_html(blocks, STUDY_DIR))
-    log.info("wrote %s and %s", STUDY_DIR / "depth.md", STUDY_DIR / "depth.html")
+        save_figure(figure, folder / name, dpi)
+    atomic_write_text(folder / "depth.md", render_markdown(blocks))
+    atomic_write_text(folder / "depth.html", render_html(blocks, folder))
+    log.info("wrote %s and %s", folder / "depth.md", folder / "depth.html")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -249,8 +275,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("action", nargs="?", choices=["summarize", "queue"], default="summarize",
                         help="queue the missing points, or summarize (default)")  # fmt: skip
     args = parser.parse_args(argv)
-    depths = load_params(args.params).study.depths
-    (queue if args.action == "queue" else summarize)(depths)
+    params: Params = load_params(args.params)
+    if args.action == "queue":
+        queue(params.study.depths)
+    else:
+        summarize(params.study.depths, params.visualize.dpi)
 
 
 if __name__ == "__main__":

@@ -10,18 +10,14 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
 
 from pipeline.figures import COLORS, LABELS
-from pipeline.files import atomic_write
 from pipeline.model import VARIANTS
-from pipeline.report import Block, Heading, Image, Paragraph, Table, render_html, render_markdown
+from pipeline.report import Block, Heading, Image, Paragraph, Table
 from pipeline.stats import show_interval
-
-__all__ = ["build", "render_html", "render_markdown", "save"]
 
 ACCURACY_FIGURE, DIAGNOSTICS_FIGURE = "depth_accuracy.png", "depth_diagnostics.png"
 NEAR_CHANCE = 0.2  # test accuracy below which a model learnt next to nothing (chance: 0.1)
@@ -113,9 +109,10 @@ def finding(rows: list[Row]) -> str:
                 else f"from depth {start.depth} on"
             )
             shallower = [str(r.depth) for r in rows if r.depth < start.depth]
+            p_value = "-" if start.p_value is None else f"{start.p_value:.2g}"  # equal gains
             parts.append(
                 f"Its 95% CI excludes zero {where} ({_points(start, inner=True)}; p = "
-                f"{start.p_value:.2g}), "
+                f"{p_value}), "
                 + ("and at every deeper point" if holds else "though not at every deeper point")
                 + (f"; at {', '.join(shallower)} layers it does not." if shallower else ".")
             )
@@ -129,6 +126,24 @@ def finding(rows: list[Row]) -> str:
                     "mean, which assumes a roughly normal spread, is only a rough guide."
                 )
     return " ".join(parts)
+
+
+def why(rows: list[Row]) -> str:
+    """The diagnostics at the shallowest and the deepest point, in words."""
+    first, last = rows[0], rows[-1]
+
+    def span(values: dict[int, float], unit: str) -> str:
+        return f"{values[first.depth]:.{1 if unit else 2}f}{unit} at depth {first.depth} to " \
+               f"{values[last.depth]:.{1 if unit else 2}f}{unit} at depth {last.depth}"  # fmt: skip
+
+    dead = {v: {r.depth: 100 * r.dead[v] for r in rows} for v in VARIANTS}
+    ratio = {v: {r.depth: r.grad_ratio[v] for r in rows} for v in VARIANTS}
+    return (
+        f"Dead hidden units (zero for every test image, final epoch, mean over seeds) go from "
+        f"{span(dead['nobn'], '%')} without BatchNorm, and from {span(dead['bn'], '%')} with it. "
+        f"The first hidden layer's gradient norm over the last one's goes from "
+        f"{span(ratio['nobn'], '')} without BatchNorm, and from {span(ratio['bn'], '')} with it."
+    )
 
 
 def table(rows: list[Row]) -> Table:
@@ -233,6 +248,7 @@ def build(results: dict[int, dict | str], names: dict[int, str],
             table(rows),
             Image(ACCURACY_FIGURE, "Test accuracy and BatchNorm's gain against depth"),
             Heading("Why"),
+            Paragraph(why(rows)),
             Image(DIAGNOSTICS_FIGURE, "Dead units and gradient norm ratio against depth"),
         ]
     setting = [f"{k} = {params[k]}" for k in sorted(params)
@@ -240,7 +256,3 @@ def build(results: dict[int, dict | str], names: dict[int, str],
     if setting:
         blocks += [Heading("Held fixed"), Paragraph(", ".join(setting) + ".")]
     return blocks, figures
-
-
-def save(figure: Figure, path: Path, dpi: int = 100) -> None:
-    atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=dpi))

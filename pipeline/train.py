@@ -4,8 +4,8 @@
 `train.seeds`, all at once as one stacked model (pipeline/training.py); logs
 each seed as an MLflow run nested in one parent run for the variant; and
 writes data/models/<variant>/ (final checkpoint per seed, per-epoch history,
-MLflow run ids) and the DVC metrics and plots files
-reports/train/<variant>.json and .csv.
+MLflow run ids) and the files
+reports/train/<variant>.json (summary) and .csv (DVC plots).
 """
 
 from __future__ import annotations

@@ -17,13 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 
 from pipeline import figures, paths, report, tracking
 from pipeline.checkpoint import checkpoints_of, load_checkpoint
 from pipeline.cli import run_stage, stage_parser
 from pipeline.errors import ParamsError
-from pipeline.files import atomic_write, atomic_write_text, read_json
+from pipeline.files import atomic_write_text, read_json, save_figure
 from pipeline.mnist import load_split
 from pipeline.model import VARIANTS, DeepMLP
 from pipeline.params import VisualizeParams, load_params
@@ -38,10 +37,6 @@ def layer_activations(model: DeepMLP, x: torch.Tensor) -> list[np.ndarray]:
     """Each hidden layer's post-ReLU output for the images x: (N, width) arrays."""
     model.eval()
     return [a.numpy() for a in model.forward_with_activations(x)[1]]
-
-
-def save_figure(fig: Figure, path: Path, dpi: int) -> None:
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

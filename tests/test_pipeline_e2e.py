@@ -177,8 +177,10 @@ def on_a_terminal(repo: Path, columns: int, *args: str) -> str:
     import fcntl
     import pty
     import re
+    import select
     import struct
     import termios
+    import time
 
     main, child = pty.openpty()
     fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
@@ -187,8 +189,12 @@ def on_a_terminal(repo: Path, columns: int, *args: str) -> str:
     shown = subprocess.Popen([sys.executable, "-m", "dvc", *args], cwd=repo, env=env,
                              stdin=child, stdout=child, stderr=child)  # fmt: skip
     os.close(child)
-    output = b""
+    output, deadline = b"", time.monotonic() + 60
     while True:
+        ready, _, _ = select.select([main], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:  # a hung dvc fails the test instead of hanging it
+            shown.kill()
+            raise AssertionError(f"dvc {' '.join(args)} printed nothing for 60 s: {output!r}")
         try:
             chunk = os.read(main, 1 << 16)
         except OSError:  # the terminal closed with the process

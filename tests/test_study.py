@@ -27,9 +27,14 @@ def record(rev: str, depth: int, *, lr: float = 0.001, code: str = "c1", failed:
     return {"rev": rev, "name": None, "data": data, "error": error, "experiments": None}
 
 
-def shown(workspace: dict, *experiments: tuple[str, dict]) -> list[dict]:
+def shown(workspace: dict, *experiments: tuple) -> list[dict]:
+    """`dvc exp show --json` of the workspace and one baseline with these
+    (name, record) or (name, record, queue state) experiments."""
     baseline = record("b" * 40, 10) | {"name": "main"}
-    baseline["experiments"] = [{"name": name, "revs": [rev]} for name, rev in experiments]
+    baseline["experiments"] = [
+        {"name": e[0], "revs": [e[1]], "executor": {"state": e[2]} if len(e) > 2 else None}
+        for e in experiments
+    ]
     return [workspace | {"rev": "workspace"}, baseline]
 
 
@@ -41,10 +46,10 @@ def test_exp_show_is_read_into_experiments_with_flat_params_and_code() -> None:
     )
     assert workspace.name == "workspace" and workspace.depth == 10
     first, second = experiments
-    assert (first.name, first.rev, first.depth, first.failed) == ("d2", "e1", 2, False)
+    assert (first.name, first.rev, first.depth, first.state) == ("d2", "e1", 2, "success")
     assert first.params["train.seeds"] == [0, 1] and first.params["train.lr"] == 0.001
     assert first.code == {"pipeline/train.py": "c1", "data/raw": "raw"}  # not the models
-    assert second.failed
+    assert second.state == "failed"
 
 
 def test_only_depths_without_a_successful_point_of_the_same_setup_are_queued() -> None:
@@ -55,13 +60,14 @@ def test_only_depths_without_a_successful_point_of_the_same_setup_are_queued() -
         ("other-code", record("e3", 6, code="c2")),
         ("failed", record("e4", 10, failed=True)),
         ("other-study-list", record("e5", 15, depths=(15,))),  # study.* is not the setup
+        ("waiting", record("e6", 20), "queued"),  # queued already: not twice
     ))  # fmt: skip
 
     def same_code(e: study.Experiment) -> bool:  # as git would answer for the workspace
         return e.code["pipeline/train.py"] == "c1"
 
     depths = [2, 4, 6, 10, 15, 20]
-    assert study.to_compute(workspace, experiments, depths, same_code) == [4, 6, 10, 20]
+    assert study.to_compute(workspace, experiments, depths, same_code) == [4, 6, 10]
 
 
 def test_the_newest_successful_experiment_is_each_depths_point() -> None:
@@ -71,11 +77,17 @@ def test_the_newest_successful_experiment_is_each_depths_point() -> None:
         ("new", record("e2", 2, time="2026-11-27T11:00:00")),
         ("newer-but-failed", record("e3", 2, time="2026-11-27T12:00:00", failed=True)),
         ("only-failed", record("e4", 4, failed=True)),
+        ("later", record("e5", 10, time="2026-11-27T13:00:00"), "queued"),
+        ("now", record("e6", 15), "running"),
+        ("gone", record("e7", 15, failed=True)),
     ))  # fmt: skip
-    chosen = study.choose_points(experiments, [2, 4, 6])
+    chosen = study.choose_points(experiments, [2, 4, 6, 10, 15])
     assert chosen[2].name == "new"
     assert chosen[4] == "failed: only-failed"
     assert chosen[6] == "missing"
+    # a queued point's commit holds the workspace's old reports: never read as results
+    assert chosen[10] == "queued: later"
+    assert chosen[15] == "running: now"
 
 
 def test_points_that_differ_in_more_than_depth_are_named() -> None:
@@ -169,6 +181,12 @@ def test_the_summary_names_points_without_results_and_tabulates_the_rest() -> No
     assert table.rows[0][:3] == ["2", "lucky-fox", "3"]
     assert table.rows[0][3].startswith("97.00 (") and table.rows[0][7] == "15.0"
     assert sorted(figures) == sorted(b.path for b in blocks if isinstance(b, Image))
+    assert (
+        "Dead hidden units (zero for every test image, final epoch, mean over seeds) go from "
+        "15.0% at depth 2 to 15.0% at depth 2 without BatchNorm, and from 0.0% at depth 2"
+        in text[-2]
+    )
+    assert "gradient norm over the last one's goes from 0.25 at depth 2" in text[-2]
 
 
 def test_a_point_missing_its_statistics_is_partial() -> None:
@@ -177,7 +195,7 @@ def test_a_point_missing_its_statistics_is_partial() -> None:
             raise FileNotFoundError(path)
         return json.dumps({"layers": {}})
 
-    point = study.Experiment("fox", "e" * 40, "", False, {}, {})
+    point = study.Experiment("fox", "e" * 40, "", "success", {}, {})
     assert study.read_results(point, read) == (
         "partial: no reports/statistics.json at eeeeeee (fox)"
     )
@@ -189,9 +207,23 @@ def test_the_summary_refuses_points_with_mixed_params(monkeypatch, tmp_path: Pat
         record("workspace", 10), ("a", record("e1", 2)), ("b", record("e2", 4, lr=0.01))
     ))  # fmt: skip
     with pytest.raises(PipelineError, match=r"differ in more than model\.depth") as caught:
-        study.summarize([2, 4])
+        study.summarize([2, 4], dpi=40)
     assert "param train.lr: 0.001 in a; 0.01 in b" in caught.value.lines
     assert not (tmp_path / "reports").exists()  # nothing written
+
+
+def test_a_study_without_any_result_writes_nothing(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(study, "exp_show", lambda: shown(
+        record("workspace", 10), ("a", record("e1", 2, failed=True)), ("b", record("e2", 4), "queued")
+    ))  # fmt: skip
+    with pytest.raises(PipelineError) as caught:
+        study.summarize([2, 4, 6], dpi=40)
+    assert caught.value.lines == (
+        "no depth of study.depths [2, 4, 6] has a successful DVC experiment (2: failed: a; "
+        "4: queued: b; 6: missing): run `make study`",
+    )
+    assert not (tmp_path / "reports").exists()
 
 
 def test_the_study_params_are_checked(params_dict: dict) -> None:
@@ -205,3 +237,6 @@ def test_the_study_params_are_checked(params_dict: dict) -> None:
         parse_params(yaml.safe_dump(params_dict))
     params_dict["study"]["depths"] = [6, 2]
     assert parse_params(yaml.safe_dump(params_dict)).study.depths == [2, 6]
+    params_dict["study"]["depths"] = [10]  # a study compares depths
+    with pytest.raises(ParamsError, match=r"study.depths = \[10\]: .*at least 2"):
+        parse_params(yaml.safe_dump(params_dict))

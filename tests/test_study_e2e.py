@@ -51,7 +51,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def experiments(repo: Path) -> dict[str, dict]:
-    shown = json.loads(dvc(repo, "exp", "show", "--json").stdout)
+    shown = json.loads(dvc(repo, "exp", "show", "--json", "-A").stdout)
     return {e["name"]: e["revs"][0] for b in shown for e in b.get("experiments") or []}
 
 
@@ -99,11 +99,16 @@ def test_the_points_runs_are_in_mlflow_with_their_depth(repo: Path) -> None:
 
 
 def test_running_the_study_again_computes_nothing(repo: Path) -> None:
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "the study's summary")  # HEAD moves past the points
     before = experiments(repo)
     queued = run(repo, "python -m pipeline.study queue")
     assert "nothing to queue" in queued.stderr
     run(repo, "dvc exp run --run-all --jobs 1")
     assert experiments(repo) == before
+    summary = (repo / "reports" / "study" / "depth.md").read_text()
+    run(repo, "python -m pipeline.study")
+    assert (repo / "reports" / "study" / "depth.md").read_text() == summary
 
 
 def test_a_new_depth_queues_only_that_point(repo: Path) -> None:
