@@ -96,11 +96,12 @@ def parse_exp_show(shown: list[dict]) -> tuple[Experiment, list[Experiment]]:
     return workspace, experiments
 
 
-def setup_differences(points: Sequence[Experiment]) -> list[str]:
+def setup_differences(points: Sequence[Experiment], code: bool = True) -> list[str]:
     """What differs between the points other than the depth: one line per
-    param or code file, with each value and the points that have it."""
+    param or (with `code`) code file, with each value and the points that have it."""
     lines = []
-    for kind, get in (("param", lambda e: e.params), ("code", lambda e: e.code)):
+    kinds = [("param", lambda e: e.params)] + ([("code", lambda e: e.code)] if code else [])
+    for kind, get in kinds:
         keys = sorted({k for e in points for k in get(e)})
         for key in keys:
             if key == VARIED or key.startswith("study."):
@@ -122,21 +123,17 @@ def to_compute(
     same_code: Callable[[Experiment], bool],
 ) -> list[int]:
     """The depths with no successful (or queued, or running) experiment of
-    the workspace's params and code; `same_code(e)` tells whether the code e's stages ran is the
-    workspace's (the workspace's own dependency hashes are those of its last
-    `dvc repro`, not of its files)."""
+    the workspace's params and code; `same_code(e)` tells whether the code
+    e's stages ran is the workspace's (the workspace's own dependency hashes
+    are those of its last `dvc repro`, not of its files)."""
     done = {
         e.depth
         for e in experiments
         if e.state != "failed"
-        and not setup_differences([_params_only(e), _params_only(workspace)])
+        and not setup_differences([e, workspace], code=False)
         and same_code(e)
     }
     return [depth for depth in depths if depth not in done]
-
-
-def _params_only(e: Experiment) -> Experiment:
-    return Experiment(e.name, e.rev, e.created, e.state, e.params, {})
 
 
 def same_code_as_workspace(e: Experiment) -> bool:

@@ -67,8 +67,9 @@ def _gain(fraction: float) -> str:
     return f"{100 * fraction:+.2f}"
 
 
-def _with_ci(value: str, interval: list[float] | None, sign: str = "") -> str:
-    return value if interval is None else f"{value} (95% CI {show_interval(interval, sign=sign)})"
+def _cell(value: str, interval: list[float] | None, sign: str = "") -> str:
+    """A table cell: "97.58 (97.41 to 97.76)", the value alone without an interval."""
+    return value if interval is None else f"{value} ({show_interval(interval, sign=sign)})"
 
 
 def _points(r: Row, inner: bool = False) -> str:
@@ -76,10 +77,8 @@ def _points(r: Row, inner: bool = False) -> str:
     if r.gain_ci is None:
         return f"{_gain(r.gain)} points"
     interval = show_interval(r.gain_ci, sign="+")
-    return (
-        f"{_gain(r.gain)} points, 95% CI {interval}"
-        if inner
-        else (f"{_gain(r.gain)} points (95% CI {interval})")
+    return f"{_gain(r.gain)} points" + (
+        f", 95% CI {interval}" if inner else f" (95% CI {interval})"
     )
 
 
@@ -154,8 +153,8 @@ def table(rows: list[Row]) -> Table:
         cells = [str(r.depth), r.name, str(r.seeds)]
         for variant in VARIANTS:
             mean, interval = r.accuracy[variant]
-            cells.append(_with_ci(f"{100 * mean:.2f}", interval).replace("95% CI ", ""))
-        cells.append(_with_ci(_gain(r.gain), r.gain_ci, "+").replace("95% CI ", ""))
+            cells.append(_cell(f"{100 * mean:.2f}", interval))
+        cells.append(_cell(_gain(r.gain), r.gain_ci, "+"))
         cells.append("-" if r.p_value is None else f"{r.p_value:.2g}")
         cells.append(f"{100 * r.dead['nobn']:.1f}")
         body.append(cells)
