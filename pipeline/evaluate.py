@@ -230,7 +230,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = stage_parser(__doc__.splitlines()[0]).parse_args(argv)
     params = load_params(args.params)
     uri = tracking.tracking_uri(os.environ, Path.cwd())
-    with tracking.Tracker(uri) as tracker:  # MLflow loads while we evaluate
+    # MLflow loads while we evaluate; a refused login fails here, before any reading.
+    with tracking.Tracker(uri, params.tracking.experiment) as tracker:
         evaluate_all(params, tracker)
 
 

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from filelock import FileLock
 
-from pipeline import served_model
+from pipeline import access, served_model
 from pipeline.errors import PipelineError
 from pipeline.files import read_json
 
@@ -62,10 +62,14 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri.removeprefix(SQLITE_PREFIX)) if uri.startswith(SQLITE_PREFIX) else None
 
 
+def is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
 def check_reachable(uri: str, timeout_s: float = 5) -> None:
     """Fail fast, naming the URI, when a tracking server does not answer (the
     MLflow client would retry for minutes before giving up)."""
-    if not uri.startswith(("http://", "https://")):
+    if not is_server(uri):
         return
     try:
         with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
@@ -350,9 +354,15 @@ class Tracker:
     helper skips the rest and the next Reply, or `close`, raises
     PipelineError. Leaving the `with` block on an error stops the helper
     after it ended any open run (KILLED when the stage did not end it).
+
+    On a tracking server, the constructor waits until the helper has checked
+    that the server lets these credentials write to `experiment`
+    (pipeline/access.py): a refused login fails the stage before it reads
+    any data, and leaves no run. That wait (MLflow's import, ~2 s) is only
+    paid with a server; a local store has no logins.
     """
 
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: str, experiment: str) -> None:
         check_reachable(uri)  # a dead server fails the stage now, not the helper later
         self.uri = uri
         self.pending: list[Reply] = []
@@ -369,6 +379,12 @@ class Tracker:
         # never through the text wrapper, whose own buffer select() cannot see.
         self.received = b""
         self._send("open", uri=uri)
+        if is_server(uri):
+            try:
+                self._ask("check_access", experiment=experiment).result()
+            except BaseException:
+                self._stop()
+                raise
 
     def __enter__(self) -> Tracker:
         return self
@@ -377,6 +393,10 @@ class Tracker:
         if kind is None:
             self.close()
             return
+        self._stop()
+
+    def _stop(self) -> None:
+        """Stop the helper after an error, once it ended any open run."""
         if not self.opened_run:  # nothing to end: do not wait for its imports
             self.process.kill()
         with contextlib.suppress(OSError):
@@ -559,6 +579,7 @@ class _Helper:
 
     def __init__(self) -> None:
         self.uri = ""
+        self.experiment: str | None = None  # the stage's, once checked
         self.runs: dict[str, Run] = {}  # open runs by the stage's handle, oldest first
         self.experiments: dict[str, str] = {}  # name -> id, looked up once
         self.failure: str | None = None  # after one, requests are skipped
@@ -574,6 +595,10 @@ class _Helper:
         if db is None or db.exists():  # never created here: prepare_experiment does that
             with contextlib.suppress(MlflowException):
                 _ = MlflowClient(uri)._tracking_client.store  # later clients reuse it
+
+    def check_access(self, experiment: str) -> None:
+        access.check_access(self.uri, experiment)
+        self.experiment = experiment
 
     def prepare_model_logging(self) -> None:
         # Both are private and only save time: a change in torch or MLflow
@@ -641,13 +666,24 @@ class _Helper:
         return log_to_run(self.uri, run_id, metrics=metrics, dicts=dicts,
                           files=[Path(f) for f in files], folder=folder)  # fmt: skip
 
+    def describe(self, op: str, err: Exception, experiment: str | None) -> str:
+        """The one line that reports a failed request."""
+        from mlflow.exceptions import MlflowException
+
+        if isinstance(err, PipelineError):
+            return str(err)
+        if isinstance(err, MlflowException):
+            refusal = access.explained(err, self.uri, experiment or self.experiment)
+            return str(refusal) if refusal else f"MLflow ({op}): {err.message}"
+        return f"MLflow ({op}): {err}"
+
     def _open_run(self, run: str) -> Run:
         if run not in self.runs:
             raise PipelineError(f"no MLflow run {run} is open")
         return self.runs[run]
 
 
-REPLIES = {"start_run", "log_model", "end_run", "log_to_run", "sync"}  # requests answered
+REPLIES = {"check_access", "start_run", "log_model", "end_run", "log_to_run", "sync"}
 
 
 def _serve(stdin: Any = sys.stdin, stdout: Any = sys.stdout) -> int:
@@ -671,9 +707,9 @@ def _serve(stdin: Any = sys.stdin, stdout: Any = sys.stdout) -> int:
             try:
                 result = getattr(helper, op)(**request)
             except (MlflowException, PipelineError, OSError) as err:
-                message = getattr(err, "message", None) or str(err)
-                helper.failure = f"MLflow ({op}): {message}"
-                print(helper.failure, file=sys.stderr)
+                helper.failure = helper.describe(op, err, request.get("experiment"))
+                if op != "check_access":  # the stage reports that one itself, at once
+                    print(helper.failure, file=sys.stderr)
         if op in REPLIES:
             answer({"error": helper.failure} if helper.failure else {"result": result})
     helper.end_open_runs()

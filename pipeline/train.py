@@ -346,8 +346,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     configure_threads(params.train.cpu_threads)
     uri = tracking.tracking_uri(os.environ, Path.cwd())
     # MLflow (and torch.export, for log_model) load in the tracker's helper
-    # process while this one reads the data and trains. A dead server fails here.
-    with tracking.Tracker(uri) as tracker:
+    # process while this one reads the data and trains. A dead server, or one
+    # that refuses these credentials, fails here: before any data is read.
+    with tracking.Tracker(uri, params.tracking.experiment) as tracker:
         digests = verified_digests(paths.RAW_DIR, params.data.verify)
         data = to_device(load_mnist(paths.RAW_DIR), device)
         out_dir = paths.MODELS_DIR / args.variant

@@ -41,10 +41,11 @@ def layer_activations(model: DeepMLP, x: torch.Tensor) -> list[np.ndarray]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = stage_parser(__doc__.splitlines()[0]).parse_args(argv)
-    params = load_params(args.params).visualize
+    params = load_params(args.params)
     uri = tracking.tracking_uri(os.environ, Path.cwd())
-    with tracking.Tracker(uri) as tracker:  # MLflow loads while we draw
-        draw_all(params, tracker)
+    # MLflow loads while we draw; a refused login fails here, before any reading.
+    with tracking.Tracker(uri, params.tracking.experiment) as tracker:
+        draw_all(params.visualize, tracker)
 
 
 def draw_all(params: VisualizeParams, tracker: tracking.Tracker) -> None:

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -52,10 +53,12 @@ def tiny_params(local_dir: Path) -> dict:
     return params
 
 
-def run_stages(root: Path, stages: list[str], tracking_uri: str | None = None) -> None:
+def run_stages(
+    root: Path, stages: list[str], tracking_uri: str | None = None, env: Mapping[str, str] = {}
+) -> None:
     """Run `download`, then the given stages in process, in the folder `root`,
     on synthetic data (made canonical for the run), logging to `tracking_uri`
-    (default: a SQLite store in root/store)."""
+    (default: a SQLite store in root/store), with `env` added to the environment."""
     from pipeline import download, evaluate, train, visualize
 
     mains = {
@@ -71,6 +74,8 @@ def run_stages(root: Path, stages: list[str], tracking_uri: str | None = None) -
         mp.chdir(root)
         mp.setenv("MLFLOW_TRACKING_URI", tracking_uri or f"sqlite:///{root}/store/mlflow.db")
         mp.setenv("PIPELINE_RUN_ID", "test-execution")
+        for name, value in env.items():
+            mp.setenv(name, value)
         if not (root / "params.yaml").exists():
             (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(source)))
         download.main([])

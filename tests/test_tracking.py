@@ -145,7 +145,7 @@ def test_the_tracker_makes_the_requests_in_its_helper(tmp_path: Path) -> None:
     run_id = finished_run(uri)
     figure = tmp_path / "figure.png"
     figure.write_bytes(b"png")
-    with tracking.Tracker(uri) as tracker:
+    with tracking.Tracker(uri, "stage-test") as tracker:
         first = tracker.log_to_run(run_id, metrics={"eval/x": 0.5}, dicts={"d/c.json": [[1, 2]]})
         missing = tracker.log_to_run("0" * 32, metrics={"eval/x": 1.0})  # not in the store
         last = tracker.log_to_run(run_id, files=[figure], folder="report")
@@ -168,7 +168,7 @@ def test_a_tracker_run_is_logged_and_ended_like_start_run(tmp_path: Path) -> Non
     model = DeepMLP(2, 8, batchnorm=True).eval()
     save_checkpoint(tmp_path / "final.pt", make_checkpoint(model))
     example = torch.rand(3, 784)
-    with tracking.Tracker(uri) as tracker:
+    with tracking.Tracker(uri, "stage-test") as tracker:
         with tracker.run("e", "r", {"variant": "bn"}, {"lr": 0.1}) as run:
             tracker.prepare_model_logging()
             run.log_epoch(1, {"loss": 2.0})
@@ -202,7 +202,7 @@ def test_a_tracker_run_left_by_an_error_ends_killed_or_failed(
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     with (
         pytest.raises(error),
-        tracking.Tracker(uri) as tracker,
+        tracking.Tracker(uri, "stage-test") as tracker,
         tracker.run("e", "r", {}, {}) as run,
     ):
         run.log_epoch(1, {"loss": 2.0})
@@ -219,7 +219,7 @@ def test_a_run_the_stage_never_ended_is_killed_by_the_helper(tmp_path: Path) -> 
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    tracker = tracking.Tracker(uri)
+    tracker = tracking.Tracker(uri, "stage-test")
     run = tracking.RemoteRun(tracker, "r0", tracker._ask("start_run", run="r0", experiment="e",
                                                          name="r", tags={}, params={},
                                                          parent=None))  # fmt: skip
@@ -233,7 +233,7 @@ def test_a_run_the_stage_never_ended_is_killed_by_the_helper(tmp_path: Path) -> 
 
 def test_the_tracker_never_creates_a_store_to_log_to_a_run(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    with tracking.Tracker(uri) as tracker:
+    with tracking.Tracker(uri, "stage-test") as tracker:
         answer = tracker.log_to_run("0" * 32, metrics={"x": 1.0})
     assert answer.result() is False
     assert not (tmp_path / "mlflow.db").exists()
@@ -245,7 +245,7 @@ def test_a_failed_request_is_a_pipeline_error_naming_it(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     with (
         pytest.raises(PipelineError, match=r"MLflow \(log_file\): .*gone\.png"),
-        tracking.Tracker(uri) as tracker,
+        tracking.Tracker(uri, "stage-test") as tracker,
         tracker.run("e", "r", {}, {}) as run,
     ):
         run.log_file(tmp_path / "gone.png", "x")
@@ -262,7 +262,7 @@ def test_a_parent_run_with_nested_runs_open_at_once(tmp_path: Path) -> None:
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     with (
-        tracking.Tracker(uri) as tracker,
+        tracking.Tracker(uri, "stage-test") as tracker,
         tracker.run("e", "bn", {"variant": "bn"}, {"lr": 0.1}) as parent,
         tracker.run("e", "bn-seed0", {"seed": "0"}, {"lr": 0.1}, parent) as first,
         tracker.run("e", "bn-seed1", {"seed": "1"}, {"lr": 0.1}, parent) as second,
@@ -287,7 +287,7 @@ def test_nested_runs_left_open_are_all_killed_when_the_stage_dies(tmp_path: Path
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    tracker = tracking.Tracker(uri)
+    tracker = tracking.Tracker(uri, "stage-test")
     started = [tracker._ask("start_run", run=f"r{k}", experiment="e", name=f"r{k}", tags={},
                             params={}, parent="r0" if k else None) for k in range(3)]  # fmt: skip
     run_ids = [answer.result()["run_id"] for answer in started]
@@ -300,7 +300,7 @@ def test_nested_runs_left_open_are_all_killed_when_the_stage_dies(tmp_path: Path
 def test_caught_up_says_without_waiting_when_the_helper_is_idle(tmp_path: Path) -> None:
     import time
 
-    with tracking.Tracker(f"sqlite:///{tmp_path}/mlflow.db") as tracker:
+    with tracking.Tracker(f"sqlite:///{tmp_path}/mlflow.db", "stage-test") as tracker:
         ready = tracker.caught_up()
         deadline = time.monotonic() + 120
         while not ready.arrived():

@@ -1,0 +1,196 @@
+"""The login check before a stage reads data (pipeline/access.py), offline:
+a small HTTP server answers as MLflow's authentication would. The real
+thing, on PostgreSQL, is tests/test_server.py."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import psutil
+import pytest
+
+from pipeline import access, team, tracking
+from pipeline.errors import PipelineError
+
+EXPERIMENT = {"experiment_id": "7", "name": "stage-test", "lifecycle_stage": "active",
+              "artifact_location": "mlflow-artifacts:/7"}  # fmt: skip
+
+
+class FakeServer:
+    """Answers /health to anyone, and the rest as `answers` says:
+    path -> (status, JSON body)."""
+
+    def __init__(self, answers: dict[str, tuple[int, dict]]) -> None:
+        self.answers = answers
+        self.asked: list[str] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(handler) -> None:
+                url = urlparse(handler.path)
+                self.asked.append(url.path + "?" + url.query if url.query else url.path)
+                status, body = (200, {}) if url.path == "/health" else self.answers.get(
+                    url.path, (404, {"error_code": "ENDPOINT_NOT_FOUND", "message": "no"}))  # fmt: skip
+                if status in (401, 403):  # MLflow's auth app answers these in plain text
+                    data = b"You are not authenticated." if status == 401 else b"Permission denied"
+                else:
+                    data = json.dumps(body).encode()
+                handler.send_response(status)
+                handler.send_header("Content-Length", str(len(data)))
+                handler.end_headers()
+                handler.wfile.write(data)
+
+            def log_message(handler, *args) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.uri = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+
+@pytest.fixture
+def serve() -> Iterator:
+    started: list[FakeServer] = []
+
+    def start(answers: dict[str, tuple[int, dict]]) -> FakeServer:
+        server = FakeServer(answers)
+        threading.Thread(target=server.httpd.serve_forever, daemon=True).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.httpd.shutdown()
+
+
+BY_NAME = "/api/2.0/mlflow/experiments/get-by-name"
+
+
+def refused(uri: str) -> str:
+    return (f"MLflow tracking server {uri} refused the credentials (401): "
+            "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")  # fmt: skip
+
+
+def no_helpers_left() -> bool:
+    return not [p for p in psutil.Process().children() if "pipeline.tracking" in p.cmdline()]
+
+
+def test_a_refused_login_fails_the_tracker_at_once_and_stops_its_helper(serve) -> None:
+    server = serve({BY_NAME: (401, {})})
+    with pytest.raises(PipelineError) as raised:
+        tracking.Tracker(server.uri, "stage-test")
+    assert str(raised.value) == refused(server.uri)
+    assert no_helpers_left()
+
+
+def test_a_read_only_user_is_refused_naming_user_experiment_and_permission(serve) -> None:
+    server = serve({
+        BY_NAME: (200, {"experiment": EXPERIMENT}),
+        access.CURRENT_USER: (200, {"user": {"id": 3, "username": "rob", "is_admin": False}}),
+        access.PERMISSION: (200, {"allowed": True, "permission": "READ"}),
+    })  # fmt: skip
+    with pytest.raises(PipelineError) as raised:
+        tracking.Tracker(server.uri, "stage-test")
+    assert str(raised.value) == (
+        f"MLflow tracking server {server.uri} refused user 'rob' write access to experiment "
+        "'stage-test' (403; rob has READ on it): ask its admin for EDIT on it "
+        "(python -m pipeline.team add rob)"
+    )
+    assert (
+        f"{access.PERMISSION}?username=rob&resource_type=experiment&resource_id=7" in server.asked
+    )
+    assert no_helpers_left()
+
+
+@pytest.mark.parametrize("permission", ["EDIT", "MANAGE"])
+def test_a_user_who_may_write_gets_a_tracker(serve, permission: str) -> None:
+    server = serve({
+        BY_NAME: (200, {"experiment": EXPERIMENT}),
+        access.CURRENT_USER: (200, {"user": {"id": 2, "username": "ana", "is_admin": False}}),
+        access.PERMISSION: (200, {"allowed": True, "permission": permission}),
+    })  # fmt: skip
+    with tracking.Tracker(server.uri, "stage-test"):
+        pass
+
+
+def test_a_server_without_logins_lets_everybody_write(serve) -> None:
+    """No authentication app: its routes are 404, as on a plain `mlflow server`."""
+    server = serve({BY_NAME: (200, {"experiment": EXPERIMENT})})
+    with tracking.Tracker(server.uri, "stage-test"):
+        pass
+    assert access.CURRENT_USER in server.asked
+
+
+def test_a_new_experiment_is_left_for_the_stage_to_create(serve) -> None:
+    server = serve({BY_NAME: (404, {"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "none"})})
+    with tracking.Tracker(server.uri, "stage-test"):
+        pass
+    assert access.CURRENT_USER not in server.asked
+
+
+def test_a_local_store_is_never_asked_for_a_login(tmp_path: Path) -> None:
+    with tracking.Tracker(f"sqlite:///{tmp_path}/mlflow.db", "stage-test") as tracker:
+        assert tracker.caught_up().result() is None
+
+
+# Importing MLflow's auth app loads its server, which warns about Starlette.
+@pytest.mark.filterwarnings("ignore:starlette.middleware.wsgi is deprecated")
+def test_the_permissions_that_may_write_are_mlflows() -> None:
+    from mlflow.server.auth.permissions import ALL_PERMISSIONS
+
+    assert {p.name for p in ALL_PERMISSIONS.values() if p.can_update} == access.WRITE
+
+
+def test_refusals_from_any_later_call_get_the_same_lines() -> None:
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos import databricks_pb2 as codes
+
+    uri = "https://mlflow.example.org"
+    helper = tracking._Helper()
+    helper.uri, helper.experiment = uri, "stage-test"
+    unauthenticated = MlflowException("401 != 200", error_code=codes.UNAUTHENTICATED)
+    denied = MlflowException("403 != 200", error_code=codes.PERMISSION_DENIED)
+    other = MlflowException("bad value", error_code=codes.INVALID_PARAMETER_VALUE)
+    assert helper.describe("log_epoch", unauthenticated, None) == refused(uri)
+    assert helper.describe("start_run", denied, "other") == (
+        f"MLflow tracking server {uri} refused these credentials write access to experiment "
+        "'other' (403): ask its admin for EDIT on it (python -m pipeline.team add <user>)"
+    )
+    assert "experiment 'stage-test'" in helper.describe("log_to_run", denied, None)
+    assert helper.describe("log_epoch", other, None) == "MLflow (log_epoch): bad value"
+    assert helper.describe("end_run", PipelineError("no MLflow run x is open"), None) == (
+        "no MLflow run x is open"
+    )
+
+
+def test_the_new_password_comes_from_stdin_when_it_is_not_a_terminal() -> None:
+    assert team.read_password(io.StringIO("s3cret-password\nignored\n")) == "s3cret-password"
+    with pytest.raises(PipelineError, match="no password on stdin"):
+        team.read_password(io.StringIO(""))
+
+
+def test_users_are_added_only_on_a_server(
+    in_tmp_repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{in_tmp_repo}/mlflow.db")
+    with pytest.raises(PipelineError) as raised:
+        team.main(["add", "ana"])
+    assert str(raised.value) == (
+        f"MLFLOW_TRACKING_URI = sqlite:///{in_tmp_repo}/mlflow.db: users exist only on a "
+        "tracking server; set it to the server's http(s):// address"
+    )
+
+
+def test_the_asked_permission_uses_the_query_mlflow_documents(serve) -> None:
+    server = serve({
+        access.CURRENT_USER: (200, {"user": {"id": 2, "username": "a b", "is_admin": False}}),
+        access.PERMISSION: (200, {"allowed": False, "permission": "USE"}),
+    })  # fmt: skip
+    assert access.own_permission(server.uri, "7") == ("a b", "USE")
+    asked = urlparse(server.asked[-1])
+    assert parse_qs(asked.query) == {"username": ["a b"], "resource_type": ["experiment"],
+                                     "resource_id": ["7"]}  # fmt: skip
