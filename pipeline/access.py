@@ -14,9 +14,10 @@ authenticates counts: the two variables, ~/.mlflow/credentials, a token):
   alone cannot start runs or log to them.
 
 A server without MLflow's authentication has neither endpoint (404) and no
-per-user permissions to check. The same two lines also explain a 401 or 403
-from any later call (a password changed mid-run, runs recorded in another
-experiment).
+per-user permissions to check, and an admin may do anything. The same two
+lines also explain a 401 or 403 from any later call (a password changed
+mid-run, runs recorded in another experiment). A 403 that is not the auth
+app's (MLflow's own Host-header check, say) is shown as the server wrote it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from pipeline.errors import PipelineError
 
 if TYPE_CHECKING:
     from mlflow.exceptions import MlflowException
+    from mlflow.server.auth.client import AuthServiceClient
+    from requests import Response
 
 # The auth app's routes (mlflow.server.auth.routes), and the permissions
 # that may start and update runs (those whose `can_update` is true in
@@ -36,6 +39,7 @@ if TYPE_CHECKING:
 CURRENT_USER = "/api/2.0/mlflow/users/current"
 PERMISSION = "/api/3.0/mlflow/users/permissions/get"
 WRITE = frozenset({"EDIT", "MANAGE"})
+AUTH_DENIED = "Permission denied"  # the body of the auth app's 403 (make_forbidden_response)
 
 
 def credentials_refused(uri: str) -> PipelineError:
@@ -46,10 +50,10 @@ def credentials_refused(uri: str) -> PipelineError:
 
 
 def experiment_refused(
-    uri: str, experiment: str | None, user: str | None = None, permission: str | None = None
+    uri: str, what: str, user: str | None = None, permission: str | None = None
 ) -> PipelineError:
+    """`what`: "experiment 'name'", or how else the experiment is known."""
     who = f"user {user!r}" if user else "these credentials"
-    what = f"experiment {experiment!r}" if experiment else "this experiment"
     has = f"; {user} has {permission} on it" if user and permission else ""
     return PipelineError(
         f"MLflow tracking server {uri} refused {who} write access to {what} (403{has}): "
@@ -57,39 +61,43 @@ def experiment_refused(
     )
 
 
-def explained(err: MlflowException, uri: str, experiment: str | None) -> PipelineError | None:
-    """Our line for a refusal (401 or 403) from any MLflow call; None for other errors."""
+def explained(err: MlflowException, uri: str, what: str) -> PipelineError | None:
+    """Our line for a refusal (401, or the auth app's 403) from any MLflow call
+    about `what` (see experiment_refused); None for other errors."""
     if err.error_code == "UNAUTHENTICATED":
         return credentials_refused(uri)
-    if err.error_code == "PERMISSION_DENIED":
-        return experiment_refused(uri, experiment)
+    if err.error_code == "PERMISSION_DENIED" and AUTH_DENIED in err.message:
+        return experiment_refused(uri, what)
     return None
 
 
 def check_access(uri: str, experiment: str) -> None:
     """Raise PipelineError unless the server at `uri` lets these credentials
-    start runs in (or create) `experiment`. Imports MLflow: the helper's job."""
+    start runs in `experiment`; a new one is left to prepare_experiment (its
+    creator may write to it). Imports MLflow: the helper's job."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     try:
         found = MlflowClient(uri).get_experiment_by_name(experiment)
         if found is None:
-            return  # the stage creates it, if the server lets it: any refusal is explained then
+            return
         granted = own_permission(uri, found.experiment_id)
     except MlflowException as err:
-        raise explained(err, uri, experiment) or err from None
+        raise explained(err, uri, f"experiment {experiment!r}") or err from None
     if granted is not None and granted[1] not in WRITE:
-        raise experiment_refused(uri, experiment, *granted)
+        raise experiment_refused(uri, f"experiment {experiment!r}", *granted)
 
 
 def own_permission(uri: str, experiment_id: str) -> tuple[str, str] | None:
     """(user, their permission's name) on the experiment, as the server
-    resolves it; None where the server has no per-user permissions."""
+    resolves it; None where the server has no per-user permissions or the
+    user is an admin (whom the server lets do anything, whatever the
+    permission it reports: it resolves only grants and the default)."""
     from mlflow.utils.credentials import get_default_host_creds
     from mlflow.utils.rest_utils import http_request
 
-    def get(endpoint: str, **params: str):
+    def get(endpoint: str, **params: str) -> Response:
         answer = http_request(get_default_host_creds(uri), endpoint, "GET", params=params)
         if answer.status_code == 401:
             raise credentials_refused(uri)
@@ -99,13 +107,16 @@ def own_permission(uri: str, experiment_id: str) -> tuple[str, str] | None:
     if current.status_code == 404:  # no authentication app: everybody may write
         return None
     current.raise_for_status()
-    user = current.json()["user"]["username"]
+    user = current.json()["user"]
+    if user["is_admin"]:
+        return None
+    user = user["username"]
     granted = get(PERMISSION, username=user, resource_type="experiment", resource_id=experiment_id)
     granted.raise_for_status()
     return user, granted.json()["permission"]
 
 
-def auth_client(uri: str):
+def auth_client(uri: str) -> AuthServiceClient:
     """MLflow's client for users and permissions (mlflow.server.auth.client)."""
     # Loading it imports MLflow's server, which warns about Starlette internals.
     with warnings.catch_warnings():

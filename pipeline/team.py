@@ -21,6 +21,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TextIO
 
 from pipeline import access, tracking
 from pipeline.cli import run_stage, stage_parser
@@ -28,13 +29,13 @@ from pipeline.errors import PipelineError
 from pipeline.params import load_params
 
 
-def read_password(stdin=sys.stdin) -> str:
+def read_password(stdin: TextIO = sys.stdin) -> str:
     if stdin.isatty():
         first = getpass.getpass("new user's password: ")
         if getpass.getpass("again: ") != first:
             raise PipelineError("the two passwords differ; nothing was changed")
         return first
-    line = stdin.readline().rstrip("\n")
+    line = stdin.readline().rstrip("\r\n")
     if not line:
         raise PipelineError("no password on stdin: give the new user's password as its first line")
     return line
@@ -66,12 +67,12 @@ def add_user(uri: str, experiment: str, user: str, password: str, permission: st
                 raise
         auth.grant_user_permission(user, "experiment", experiment_id, permission)
     except MlflowException as err:
-        if err.error_code == "PERMISSION_DENIED":
+        if err.error_code == "PERMISSION_DENIED" and access.AUTH_DENIED in err.message:
             raise PipelineError(
                 f"MLflow tracking server {uri} refused (403): only an admin adds users; "
                 "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to the admin's"
             ) from None
-        raise access.explained(err, uri, experiment) or PipelineError(
+        raise access.explained(err, uri, f"experiment {experiment!r}") or PipelineError(
             f"MLflow tracking server {uri}: {err.message}"
         ) from None
     return (

@@ -114,7 +114,9 @@ def prepare_experiment(uri: str, name: str) -> str:
                 return experiment.experiment_id
             return SqlAlchemyStore(uri, artifacts).create_experiment(name)
     except MlflowException as err:
-        raise PipelineError(f"MLflow store {uri}: {err.message}") from None
+        raise access.explained(err, uri, f"experiment {name!r}") or PipelineError(
+            f"MLflow store {uri}: {err.message}"
+        ) from None
 
 
 def _server_experiment(uri: str, name: str) -> str:
@@ -304,7 +306,9 @@ def log_to_run(
     client = MlflowClient(uri)
     try:
         client.get_run(run_id)
-    except MlflowException:
+    except MlflowException as err:
+        if access.explained(err, uri, ""):
+            raise  # refused, not missing: the stage fails and says why
         log.warning("MLflow run %s is not in %s: not updated", run_id, uri)
         return False
     now = int(time.time() * 1000)
@@ -598,6 +602,8 @@ class _Helper:
 
     def check_access(self, experiment: str) -> None:
         access.check_access(self.uri, experiment)
+        # Created now if new: a server that refuses that, too, refuses before any data is read.
+        self.experiments[experiment] = prepare_experiment(self.uri, experiment)
         self.experiment = experiment
 
     def prepare_model_logging(self) -> None:
@@ -666,14 +672,18 @@ class _Helper:
         return log_to_run(self.uri, run_id, metrics=metrics, dicts=dicts,
                           files=[Path(f) for f in files], folder=folder)  # fmt: skip
 
-    def describe(self, op: str, err: Exception, experiment: str | None) -> str:
+    def describe(self, op: str, err: Exception, request: dict[str, Any]) -> str:
         """The one line that reports a failed request."""
         from mlflow.exceptions import MlflowException
 
         if isinstance(err, PipelineError):
             return str(err)
         if isinstance(err, MlflowException):
-            refusal = access.explained(err, self.uri, experiment or self.experiment)
+            if op == "log_to_run":  # a recorded run, perhaps of another experiment
+                what = f"the experiment of run {request['run_id']}"
+            else:  # the stage's runs are all in its experiment
+                what = f"experiment {request.get('experiment') or self.experiment!r}"
+            refusal = access.explained(err, self.uri, what)
             return str(refusal) if refusal else f"MLflow ({op}): {err.message}"
         return f"MLflow ({op}): {err}"
 
@@ -707,7 +717,7 @@ def _serve(stdin: Any = sys.stdin, stdout: Any = sys.stdout) -> int:
             try:
                 result = getattr(helper, op)(**request)
             except (MlflowException, PipelineError, OSError) as err:
-                helper.failure = helper.describe(op, err, request.get("experiment"))
+                helper.failure = helper.describe(op, err, request)
                 if op != "check_access":  # the stage reports that one itself, at once
                     print(helper.failure, file=sys.stderr)
         if op in REPLIES:

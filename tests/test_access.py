@@ -23,27 +23,28 @@ EXPERIMENT = {"experiment_id": "7", "name": "stage-test", "lifecycle_stage": "ac
 
 
 class FakeServer:
-    """Answers /health to anyone, and the rest as `answers` says:
-    path -> (status, JSON body)."""
+    """Answers /health to anyone, and the rest as `answers` says: path ->
+    (status, JSON body, or text as MLflow's auth app answers 401 and 403)."""
 
-    def __init__(self, answers: dict[str, tuple[int, dict]]) -> None:
+    def __init__(self, answers: dict[str, tuple[int, dict | str]]) -> None:
         self.answers = answers
         self.asked: list[str] = []
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(handler) -> None:
                 url = urlparse(handler.path)
+                if length := int(handler.headers.get("Content-Length") or 0):
+                    handler.rfile.read(length)
                 self.asked.append(url.path + "?" + url.query if url.query else url.path)
                 status, body = (200, {}) if url.path == "/health" else self.answers.get(
                     url.path, (404, {"error_code": "ENDPOINT_NOT_FOUND", "message": "no"}))  # fmt: skip
-                if status in (401, 403):  # MLflow's auth app answers these in plain text
-                    data = b"You are not authenticated." if status == 401 else b"Permission denied"
-                else:
-                    data = json.dumps(body).encode()
+                data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
                 handler.send_response(status)
                 handler.send_header("Content-Length", str(len(data)))
                 handler.end_headers()
                 handler.wfile.write(data)
+
+            do_POST = do_GET
 
             def log_message(handler, *args) -> None:
                 pass
@@ -56,7 +57,7 @@ class FakeServer:
 def serve() -> Iterator:
     started: list[FakeServer] = []
 
-    def start(answers: dict[str, tuple[int, dict]]) -> FakeServer:
+    def start(answers: dict[str, tuple[int, dict | str]]) -> FakeServer:
         server = FakeServer(answers)
         threading.Thread(target=server.httpd.serve_forever, daemon=True).start()
         started.append(server)
@@ -68,6 +69,14 @@ def serve() -> Iterator:
 
 
 BY_NAME = "/api/2.0/mlflow/experiments/get-by-name"
+CREATE = "/api/2.0/mlflow/experiments/create"
+UNAUTHENTICATED = (401, "You are not authenticated. Please see https://www.mlflow.org/docs/")
+DENIED = (403, "Permission denied")  # MLflow's auth app's answers
+MISSING = (404, {"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "none"})
+
+
+def user(name: str, admin: bool = False) -> tuple[int, dict]:
+    return 200, {"user": {"id": 2, "username": name, "is_admin": admin}}
 
 
 def refused(uri: str) -> str:
@@ -80,7 +89,7 @@ def no_helpers_left() -> bool:
 
 
 def test_a_refused_login_fails_the_tracker_at_once_and_stops_its_helper(serve) -> None:
-    server = serve({BY_NAME: (401, {})})
+    server = serve({BY_NAME: UNAUTHENTICATED})
     with pytest.raises(PipelineError) as raised:
         tracking.Tracker(server.uri, "stage-test")
     assert str(raised.value) == refused(server.uri)
@@ -90,7 +99,7 @@ def test_a_refused_login_fails_the_tracker_at_once_and_stops_its_helper(serve) -
 def test_a_read_only_user_is_refused_naming_user_experiment_and_permission(serve) -> None:
     server = serve({
         BY_NAME: (200, {"experiment": EXPERIMENT}),
-        access.CURRENT_USER: (200, {"user": {"id": 3, "username": "rob", "is_admin": False}}),
+        access.CURRENT_USER: user("rob"),
         access.PERMISSION: (200, {"allowed": True, "permission": "READ"}),
     })  # fmt: skip
     with pytest.raises(PipelineError) as raised:
@@ -110,8 +119,19 @@ def test_a_read_only_user_is_refused_naming_user_experiment_and_permission(serve
 def test_a_user_who_may_write_gets_a_tracker(serve, permission: str) -> None:
     server = serve({
         BY_NAME: (200, {"experiment": EXPERIMENT}),
-        access.CURRENT_USER: (200, {"user": {"id": 2, "username": "ana", "is_admin": False}}),
+        access.CURRENT_USER: user("ana"),
         access.PERMISSION: (200, {"allowed": True, "permission": permission}),
+    })  # fmt: skip
+    with tracking.Tracker(server.uri, "stage-test"):
+        pass
+
+
+def test_an_admin_may_write_whatever_permission_the_server_reports(serve) -> None:
+    """The server resolves only grants and the default for an admin, but lets them do anything."""
+    server = serve({
+        BY_NAME: (200, {"experiment": EXPERIMENT}),
+        access.CURRENT_USER: user("admin", admin=True),
+        access.PERMISSION: (200, {"allowed": True, "permission": "READ"}),
     })  # fmt: skip
     with tracking.Tracker(server.uri, "stage-test"):
         pass
@@ -125,16 +145,38 @@ def test_a_server_without_logins_lets_everybody_write(serve) -> None:
     assert access.CURRENT_USER in server.asked
 
 
-def test_a_new_experiment_is_left_for_the_stage_to_create(serve) -> None:
-    server = serve({BY_NAME: (404, {"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "none"})})
+def test_a_new_experiment_is_created_before_the_stage_reads_data(serve) -> None:
+    server = serve({BY_NAME: MISSING, CREATE: (200, {"experiment_id": "8"})})
     with tracking.Tracker(server.uri, "stage-test"):
-        pass
+        assert CREATE in server.asked  # its creator may write to it: no permission to ask
     assert access.CURRENT_USER not in server.asked
+
+
+def test_a_server_that_refuses_new_experiments_fails_the_tracker_at_once(serve) -> None:
+    server = serve({BY_NAME: MISSING, CREATE: DENIED})
+    with pytest.raises(PipelineError) as raised:
+        tracking.Tracker(server.uri, "stage-test")
+    assert str(raised.value) == (
+        f"MLflow tracking server {server.uri} refused these credentials write access to "
+        "experiment 'stage-test' (403): ask its admin for EDIT on it "
+        "(python -m pipeline.team add <user>)"
+    )
+    assert no_helpers_left()
+
+
+def test_a_403_that_is_not_the_auth_apps_is_shown_as_the_server_wrote_it(serve) -> None:
+    """MLflow's own Host-header check also answers 403: not a permission problem."""
+    server = serve({BY_NAME: (403, "Invalid Host header - possible DNS rebinding attack")})
+    with pytest.raises(PipelineError) as raised:
+        tracking.Tracker(server.uri, "stage-test")
+    assert str(raised.value).startswith("MLflow (check_access): ")
+    assert "Invalid Host header" in str(raised.value)
 
 
 def test_a_local_store_is_never_asked_for_a_login(tmp_path: Path) -> None:
     with tracking.Tracker(f"sqlite:///{tmp_path}/mlflow.db", "stage-test") as tracker:
         assert tracker.caught_up().result() is None
+    assert not (tmp_path / "mlflow.db").exists()  # asking would have created the store
 
 
 # Importing MLflow's auth app loads its server, which warns about Starlette.
@@ -153,22 +195,27 @@ def test_refusals_from_any_later_call_get_the_same_lines() -> None:
     helper = tracking._Helper()
     helper.uri, helper.experiment = uri, "stage-test"
     unauthenticated = MlflowException("401 != 200", error_code=codes.UNAUTHENTICATED)
-    denied = MlflowException("403 != 200", error_code=codes.PERMISSION_DENIED)
+    denied = MlflowException("403 != 200. Response body: 'Permission denied'",
+                             error_code=codes.PERMISSION_DENIED)  # fmt: skip
     other = MlflowException("bad value", error_code=codes.INVALID_PARAMETER_VALUE)
-    assert helper.describe("log_epoch", unauthenticated, None) == refused(uri)
-    assert helper.describe("start_run", denied, "other") == (
+    assert helper.describe("log_epoch", unauthenticated, {"run": "run0"}) == refused(uri)
+    assert helper.describe("start_run", denied, {"experiment": "other"}) == (
         f"MLflow tracking server {uri} refused these credentials write access to experiment "
         "'other' (403): ask its admin for EDIT on it (python -m pipeline.team add <user>)"
     )
-    assert "experiment 'stage-test'" in helper.describe("log_to_run", denied, None)
-    assert helper.describe("log_epoch", other, None) == "MLflow (log_epoch): bad value"
-    assert helper.describe("end_run", PipelineError("no MLflow run x is open"), None) == (
+    assert "to experiment 'stage-test' (403)" in helper.describe("log_epoch", denied, {})
+    assert "to the experiment of run abc (403)" in helper.describe(
+        "log_to_run", denied, {"run_id": "abc"}
+    )
+    assert helper.describe("log_epoch", other, {}) == "MLflow (log_epoch): bad value"
+    assert helper.describe("end_run", PipelineError("no MLflow run x is open"), {}) == (
         "no MLflow run x is open"
     )
 
 
 def test_the_new_password_comes_from_stdin_when_it_is_not_a_terminal() -> None:
     assert team.read_password(io.StringIO("s3cret-password\nignored\n")) == "s3cret-password"
+    assert team.read_password(io.StringIO("s3cret-password\r\n")) == "s3cret-password"
     with pytest.raises(PipelineError, match="no password on stdin"):
         team.read_password(io.StringIO(""))
 
@@ -187,7 +234,7 @@ def test_users_are_added_only_on_a_server(
 
 def test_the_asked_permission_uses_the_query_mlflow_documents(serve) -> None:
     server = serve({
-        access.CURRENT_USER: (200, {"user": {"id": 2, "username": "a b", "is_admin": False}}),
+        access.CURRENT_USER: user("a b"),
         access.PERMISSION: (200, {"allowed": False, "permission": "USE"}),
     })  # fmt: skip
     assert access.own_permission(server.uri, "7") == ("a b", "USE")

@@ -118,6 +118,8 @@ class Server:
     uri: str
     admin_password: str
     passwords: dict[str, str]  # the teammates'
+    postgres_port: int
+    folder: Path  # the docs' /srv/mlflow
 
     def login(self, user: str | None, password: str | None = None) -> dict[str, str]:
         """The environment variables of a client logged in as `user`."""
@@ -142,7 +144,7 @@ def tracking_server(postgres: int, tmp_path_factory: pytest.TempPathFactory) -> 
         .replace("dbhost", "127.0.0.1")
         .replace("5432", str(postgres))
         .replace("/srv/mlflow", str(folder))
-        .replace("--port 5000", f"--port {port}")
+        .replace("5000", str(port))
     )
     admin_password = secrets.token_urlsafe(16)
     env = client_env(
@@ -164,7 +166,7 @@ def tracking_server(postgres: int, tmp_path_factory: pytest.TempPathFactory) -> 
 
     try:
         wait_until(healthy, "mlflow server", timeout=120)
-        running = Server(uri, admin_password, {})
+        running = Server(uri, admin_password, {}, postgres, folder)
         add_teammates(running, tmp_path_factory.mktemp("admin"))
         yield running
     finally:
@@ -259,11 +261,20 @@ def test_logged_model_loads_from_the_server(trained: Path, as_rob: str) -> None:
         assert torch.equal(logged(x).argmax(1), local(x).argmax(1))
 
 
-def rest(server: Server, endpoint: str, login: tuple[str, str] | None, body: dict | None = None):
-    """(status, text) of a REST call, as any HTTP client would make it."""
+def rest(
+    server: Server,
+    endpoint: str,
+    login: tuple[str, str] | None,
+    body: dict | None = None,
+    host: str | None = None,
+) -> tuple[int, str]:
+    """(status, text) of a REST call, as any HTTP client would make it; `host`
+    is the Host header a proxy would pass on."""
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(f"{server.uri}{endpoint}", data=data)
     request.add_header("Content-Type", "application/json")
+    if host:
+        request.add_header("Host", host)
     if login:
         request.add_header("Authorization", "Basic " + base64.b64encode(":".join(login).encode()).decode())  # fmt: skip
     try:
@@ -288,6 +299,27 @@ def test_the_server_asks_every_api_call_for_a_valid_login(
     create = "/api/2.0/mlflow/runs/create"
     assert rest(tracking_server, create, rob, {"experiment_id": experiment_id})[0] == 403
     assert rest(tracking_server, create, None, {"experiment_id": experiment_id})[0] == 401
+
+
+def test_requests_through_the_proxys_name_are_let_in_and_others_not(
+    tracking_server: Server,
+) -> None:
+    """Caddy passes the client's Host header on: the docs' --allowed-hosts must hold its name."""
+    by_name = "/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default"
+    admin = ("admin", tracking_server.admin_password)
+    assert rest(tracking_server, by_name, admin, host="mlflow.example.org")[0] == 200
+    status, text = rest(tracking_server, by_name, admin, host="rebound.example.com")
+    assert (status, "Invalid Host header" in text) == (403, True)
+
+
+def test_logins_are_kept_in_postgresql_not_a_stray_file(tracking_server: Server) -> None:
+    import psycopg
+
+    address = f"postgresql://mlflow@127.0.0.1:{tracking_server.postgres_port}/mlflow_auth"
+    with psycopg.connect(address) as db:
+        users = dict(db.execute("SELECT username, is_admin FROM users").fetchall())
+    assert (users["admin"], users["ana"], users["rob"]) == (True, False, False)
+    assert not list(tracking_server.folder.rglob("*.db"))  # e.g. MLflow's default basic_auth.db
 
 
 def refused_401(uri: str) -> str:
