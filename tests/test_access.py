@@ -88,12 +88,17 @@ def no_helpers_left() -> bool:
     return not [p for p in psutil.Process().children() if "pipeline.tracking" in p.cmdline()]
 
 
-def test_a_refused_login_fails_the_tracker_at_once_and_stops_its_helper(serve) -> None:
-    server = serve({BY_NAME: UNAUTHENTICATED})
+def refusal(server: FakeServer) -> str:
+    """The line a Tracker for the server fails with; its helper must be gone."""
     with pytest.raises(PipelineError) as raised:
         tracking.Tracker(server.uri, "stage-test")
-    assert str(raised.value) == refused(server.uri)
     assert no_helpers_left()
+    return str(raised.value)
+
+
+def test_a_refused_login_fails_the_tracker_at_once_and_stops_its_helper(serve) -> None:
+    server = serve({BY_NAME: UNAUTHENTICATED})
+    assert refusal(server) == refused(server.uri)
 
 
 def test_a_read_only_user_is_refused_naming_user_experiment_and_permission(serve) -> None:
@@ -102,9 +107,7 @@ def test_a_read_only_user_is_refused_naming_user_experiment_and_permission(serve
         access.CURRENT_USER: user("rob"),
         access.PERMISSION: (200, {"allowed": True, "permission": "READ"}),
     })  # fmt: skip
-    with pytest.raises(PipelineError) as raised:
-        tracking.Tracker(server.uri, "stage-test")
-    assert str(raised.value) == (
+    assert refusal(server) == (
         f"MLflow tracking server {server.uri} refused user 'rob' write access to experiment "
         "'stage-test' (403; rob has READ on it): ask its admin for EDIT on it "
         "(python -m pipeline.team add rob)"
@@ -112,7 +115,6 @@ def test_a_read_only_user_is_refused_naming_user_experiment_and_permission(serve
     assert (
         f"{access.PERMISSION}?username=rob&resource_type=experiment&resource_id=7" in server.asked
     )
-    assert no_helpers_left()
 
 
 @pytest.mark.parametrize("permission", ["EDIT", "MANAGE"])
@@ -154,23 +156,19 @@ def test_a_new_experiment_is_created_before_the_stage_reads_data(serve) -> None:
 
 def test_a_server_that_refuses_new_experiments_fails_the_tracker_at_once(serve) -> None:
     server = serve({BY_NAME: MISSING, CREATE: DENIED})
-    with pytest.raises(PipelineError) as raised:
-        tracking.Tracker(server.uri, "stage-test")
-    assert str(raised.value) == (
+    assert refusal(server) == (
         f"MLflow tracking server {server.uri} refused these credentials write access to "
         "experiment 'stage-test' (403): ask its admin for EDIT on it "
         "(python -m pipeline.team add <user>)"
     )
-    assert no_helpers_left()
 
 
 def test_a_403_that_is_not_the_auth_apps_is_shown_as_the_server_wrote_it(serve) -> None:
     """MLflow's own Host-header check also answers 403: not a permission problem."""
     server = serve({BY_NAME: (403, "Invalid Host header - possible DNS rebinding attack")})
-    with pytest.raises(PipelineError) as raised:
-        tracking.Tracker(server.uri, "stage-test")
-    assert str(raised.value).startswith("MLflow (check_access): ")
-    assert "Invalid Host header" in str(raised.value)
+    line = refusal(server)
+    assert line.startswith("MLflow (check_access): ")
+    assert "Invalid Host header" in line
 
 
 def test_a_local_store_is_never_asked_for_a_login(tmp_path: Path) -> None:
