@@ -71,22 +71,24 @@ def explained(err: MlflowException, uri: str, what: str) -> PipelineError | None
     return None
 
 
-def check_access(uri: str, experiment: str) -> None:
+def check_access(uri: str, experiment: str) -> str | None:
     """Raise PipelineError unless the server at `uri` lets these credentials
-    start runs in `experiment`; a new one is left to prepare_experiment (its
-    creator may write to it). Imports MLflow: the helper's job."""
+    start runs in `experiment`; return its id, or None when it is new (left
+    to prepare_experiment: its creator may write to it). Imports MLflow: the
+    helper's job."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     try:
         found = MlflowClient(uri).get_experiment_by_name(experiment)
         if found is None:
-            return
+            return None
         granted = own_permission(uri, found.experiment_id)
     except MlflowException as err:
         raise explained(err, uri, f"experiment {experiment!r}") or err from None
     if granted is not None and granted[1] not in WRITE:
         raise experiment_refused(uri, f"experiment {experiment!r}", *granted)
+    return found.experiment_id
 
 
 def own_permission(uri: str, experiment_id: str) -> tuple[str, str] | None:
@@ -110,10 +112,10 @@ def own_permission(uri: str, experiment_id: str) -> tuple[str, str] | None:
     user = current.json()["user"]
     if user["is_admin"]:
         return None
-    user = user["username"]
-    granted = get(PERMISSION, username=user, resource_type="experiment", resource_id=experiment_id)
+    name = user["username"]
+    granted = get(PERMISSION, username=name, resource_type="experiment", resource_id=experiment_id)
     granted.raise_for_status()
-    return user, granted.json()["permission"]
+    return name, granted.json()["permission"]
 
 
 def auth_client(uri: str) -> AuthServiceClient:

@@ -45,7 +45,6 @@ def add_user(uri: str, experiment: str, user: str, password: str, permission: st
     """Create `user` (unless they exist) and give them `permission` on
     `experiment` (created if new); return what was done, in words."""
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
     auth = access.auth_client(uri)
     try:
@@ -56,9 +55,7 @@ def add_user(uri: str, experiment: str, user: str, password: str, permission: st
             if err.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
             created = "exists (password unchanged)"
-        client = MlflowClient(uri)
-        found = client.get_experiment_by_name(experiment)
-        experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+        experiment_id = tracking.prepare_experiment(uri, experiment)
         # A grant cannot overwrite an earlier one: revoke it first, if any.
         try:
             auth.revoke_user_permission(user, "experiment", experiment_id)

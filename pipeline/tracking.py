@@ -601,9 +601,9 @@ class _Helper:
                 _ = MlflowClient(uri)._tracking_client.store  # later clients reuse it
 
     def check_access(self, experiment: str) -> None:
-        access.check_access(self.uri, experiment)
+        found = access.check_access(self.uri, experiment)
         # Created now if new: a server that refuses that, too, refuses before any data is read.
-        self.experiments[experiment] = prepare_experiment(self.uri, experiment)
+        self.experiments[experiment] = found or prepare_experiment(self.uri, experiment)
         self.experiment = experiment
 
     def prepare_model_logging(self) -> None:
