@@ -9,9 +9,11 @@ seed's mean cross-entropy, summed over seeds so that each seed's parameters
 get exactly the gradient of its own loss). It calls the ATen kernels that
 autograd calls for `stacked_loss(model(x), y).sum().backward()`, with the same
 arguments and in the same order, and writes each gradient straight into its
-`.grad`. On the CPU the gradients, running statistics and losses are
-bit-identical to autograd's (tests/test_backprop.py holds it to that), and a
-training step takes about two thirds of the time.
+`.grad`. So on the CPU the gradients, running statistics and losses are
+bit-identical to autograd's by construction: the same kernels on the same
+numbers, whichever kernel set (ATEN_CPU_CAPABILITY) the CPU runs
+(tests/test_backprop.py holds it to that, in float32 and float64). A
+training step takes about two thirds of autograd's time.
 """
 
 from __future__ import annotations
@@ -157,7 +159,7 @@ def loss_and_gradients(model: StackedMLP) -> LossAndGradients:
         # loss gets 1/B, computed as mean()'s backward computes it.
         count = seeds * batch
         if count not in per_image:
-            per_image[count] = torch.ones(count, device=x.device) / batch
+            per_image[count] = torch.ones(count, dtype=x.dtype, device=x.device) / batch
         grad = nll_backward(per_image[count], log_probs, labels, None, NO_REDUCTION,
                             IGNORE_INDEX, total_weight)  # fmt: skip
         grad = log_softmax_backward(grad, log_probs, 1, log_probs.dtype).view(seeds, batch, -1)

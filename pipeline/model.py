@@ -146,10 +146,11 @@ class StackedMLP(nn.Module):
 
     @torch.no_grad()
     def unstack(self, k: int) -> DeepMLP:
-        """Seed k's network as a plain DeepMLP with its own tensors (where a
-        new module's tensors are made: the CPU unless a default device is set)."""
+        """Seed k's network as a plain DeepMLP with its own tensors, of this
+        model's float type (where a new module's tensors are made: the CPU
+        unless a default device is set)."""
         with torch.random.fork_rng(devices=[]):  # the throwaway init leaves the RNG as it was
-            model = DeepMLP(**self.config)
+            model = DeepMLP(**self.config).to(self.output.weight.dtype)
         model.load_state_dict(
             {name: t if t.dim() == 0 else t[k] for name, t in self.state_dict().items()}
         )  # copies

@@ -10,7 +10,7 @@ from pipeline.device import use_cuda_graph
 from pipeline.errors import ParamsError
 from pipeline.training import fit, initial_model, make_optimizer, to_device, training_step
 
-from .test_training import synthetic_mnist
+from .test_training import MATHS_TOLERANCE, in_float64, synthetic_mnist, tolerance
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -32,6 +32,9 @@ def test_forcing_a_graph_without_cuda_is_a_params_error() -> None:
 def test_restoring_after_warm_up_equals_a_fresh_start() -> None:
     # What CudaGraphStep does around its warm-up, checked on the CPU: after
     # the restore, the next step matches the first step of an untouched copy.
+    # One step from equal states through the same kernels: the losses are
+    # bit-identical, and 1e-7 bounds the float32 rounding of one Adam update
+    # (lr 1e-2), whose moments the restore zeroes rather than rebuilds.
     data = to_device(synthetic_mnist(64, 16), torch.device("cpu"))
     index = torch.stack([torch.arange(32), torch.arange(32, 64), torch.arange(16, 48)])
 
@@ -56,12 +59,15 @@ def test_restoring_after_warm_up_equals_a_fresh_start() -> None:
 @needs_cuda
 @pytest.mark.parametrize("batchnorm", [True, False])
 def test_graph_and_eager_training_agree_for_three_seeds(batchnorm: bool) -> None:
+    # Eager and graphed steps launch the same kernels, but cuBLAS may pick
+    # other algorithms under capture: the same maths in another order, held in
+    # float64 to the tolerances of tests/test_training.py over 27 steps.
     device = torch.device("cuda")
-    data = to_device(synthetic_mnist(300, 100), device)  # 300 = 9 * 32 + 12: one eager batch
+    data = in_float64(to_device(synthetic_mnist(300, 100), device))  # 300 = 9 * 32 + 12
     seeds = [0, 1, 2]
 
     def train(graph: bool):
-        model = initial_model(4, 32, batchnorm, seeds).to(device)
+        model = initial_model(4, 32, batchnorm, seeds).to(device, torch.float64)
         optimizer = make_optimizer(model, 1e-3, [0.9, 0.999], 1e-8, 0.0, capturable=graph)
         histories = fit(model, data, epochs=3, batch_size=32, optimizer=optimizer,
                         generators=[torch.Generator().manual_seed(s) for s in seeds],
@@ -71,13 +77,12 @@ def test_graph_and_eager_training_agree_for_three_seeds(batchnorm: bool) -> None
     eager, eager_histories = train(graph=False)
     graphed, graph_histories = train(graph=True)
     for (name, a), b in zip(eager.state_dict().items(), graphed.state_dict().values(), strict=True):
-        if batchnorm and (name.endswith(".0.bias") or name.endswith("running_mean")):
-            continue  # noise-driven (see tests/test_training.py)
-        assert torch.allclose(a.float(), b.float(), rtol=1e-3, atol=1e-4), name
+        bound = tolerance(name, batchnorm)
+        torch.testing.assert_close(b, a, rtol=0, atol=bound, msg=name)
     for eager_history, graph_history in zip(eager_histories, graph_histories, strict=True):
         for a, b in zip(eager_history, graph_history, strict=True):
-            assert a.train_loss == pytest.approx(b.train_loss, rel=1e-4)
-            assert a.test_accuracy == pytest.approx(b.test_accuracy, abs=0.02)
+            assert a.train_loss == pytest.approx(b.train_loss, rel=MATHS_TOLERANCE)
+            assert a.test_accuracy == b.test_accuracy
             assert [x.grad_norm for x in a.layers] == pytest.approx(
-                [x.grad_norm for x in b.layers], rel=1e-3
+                [x.grad_norm for x in b.layers], rel=MATHS_TOLERANCE
             )

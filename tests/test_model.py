@@ -83,11 +83,14 @@ def test_stack_then_unstack_gives_back_each_model(batchnorm: bool) -> None:
 @pytest.mark.parametrize("batchnorm", [True, False])
 @pytest.mark.parametrize("training", [True, False])
 def test_stacked_forward_is_each_models_forward(batchnorm: bool, training: bool) -> None:
-    models = seeded_models([0, 1, 2], depth=4, width=16, bn=batchnorm)
-    stacked = stack(models).train(training)
+    # One forward pass each, in float64: the stacked and the plain model add
+    # in other orders (batched against plain matmuls), which float32 would
+    # show at ~1e-7; float64 keeps that ~1e-16, under assert_close's 1e-7.
+    models = [m.double() for m in seeded_models([0, 1, 2], depth=4, width=16, bn=batchnorm)]
+    stacked = stack(models).double().train(training)
     for m in models:
         m.train(training)
-    x = torch.rand(3, 10, 784)  # a batch per seed
+    x = torch.rand(3, 10, 784, dtype=torch.float64)  # a batch per seed
     logits, activations = stacked.forward_with_activations(x)
     assert logits.shape == (3, 10, 10)
     assert [tuple(a.shape) for a in activations] == [(3, 16, 10)] * 4  # (K, width, B)
@@ -103,9 +106,9 @@ def test_stacked_forward_is_each_models_forward(batchnorm: bool, training: bool)
 
 
 def test_shared_images_give_every_seed_its_own_logits() -> None:
-    models = seeded_models([0, 5], depth=2, width=8)
-    stacked = stack(models).eval()
-    x = torch.rand(6, 784)  # the same images for all seeds (evaluation)
+    models = [m.double() for m in seeded_models([0, 5], depth=2, width=8)]  # as above
+    stacked = stack(models).double().eval()
+    x = torch.rand(6, 784, dtype=torch.float64)  # the same images for all seeds (evaluation)
     logits = stacked(x)
     assert logits.shape == (2, 6, 10)
     for k, model in enumerate(models):
