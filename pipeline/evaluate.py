@@ -22,15 +22,14 @@ import torch
 from torch.nn import functional as F
 
 from pipeline import paths, tracking
-from pipeline.checkpoint import checkpoints_of, load_checkpoint
 from pipeline.cli import run_stage, stage_parser
+from pipeline.data.mnist import load_split, scale_images
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_write_json, atomic_write_text
-from pipeline.mnist import load_split
-from pipeline.model import CLASSES, VARIANTS, DeepMLP
+from pipeline.nn.checkpoint import checkpoints_of, load_checkpoint
+from pipeline.nn.model import CLASSES, VARIANTS, DeepMLP
 from pipeline.params import Params, load_params
-from pipeline.stats import estimate, paired, show_interval
-from pipeline.training import scale_images
+from pipeline.report.stats import estimate, paired, show_interval
 
 log = logging.getLogger("evaluate")
 

@@ -21,9 +21,8 @@ import torch
 
 from pipeline import paths
 from pipeline.cli import run_stage
+from pipeline.data.mnist import load_split, scale_images
 from pipeline.errors import PipelineError
-from pipeline.mnist import load_split
-from pipeline.training import scale_images
 
 
 def request_body(images: torch.Tensor) -> dict[str, list[list[float]]]:

@@ -26,13 +26,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline import paths, study_report
+from pipeline import paths
 from pipeline.cli import run_stage, stage_parser
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_write_text, save_figure
-from pipeline.model import VARIANTS
+from pipeline.nn.model import VARIANTS
 from pipeline.params import Params, load_params
-from pipeline.report import render_html, render_markdown
+from pipeline.report import study_report
+from pipeline.report.document import render_html, render_markdown
 
 log = logging.getLogger("study")
 

@@ -1,7 +1,7 @@
 """Stages `train_bn` and `train_nobn`: the same MLP with and without BatchNorm.
 
 `python -m pipeline.train --variant bn|nobn` trains one model per seed in
-`train.seeds`, all at once as one stacked model (pipeline/training.py); logs
+`train.seeds`, all at once as one stacked model (pipeline/nn/training.py); logs
 each seed as an MLflow run nested in one parent run for the variant; and
 writes data/models/<variant>/ (final checkpoint per seed, per-epoch history,
 MLflow run ids) and the files
@@ -22,65 +22,34 @@ import torch
 from tqdm import tqdm
 
 from pipeline import paths, tracking
-from pipeline.checkpoint import (
-    checkpoint_path,
-    make_checkpoint,
-    save_checkpoint,
-)
 from pipeline.cli import raise_if_interrupted, run_stage, stage_parser
-from pipeline.device import configure_threads, describe_device, select_device, use_cuda_graph
+from pipeline.data.mnist import DeviceData, load_mnist, to_device, verified_digests
 from pipeline.errors import PipelineError
 from pipeline.files import (
     atomic_write_json,
     atomic_write_text,
-    read_json,
     replace_dir,
     staging_dir,
 )
-from pipeline.history import SUMMARY_KEYS, history_table, plot_table, summarize
-from pipeline.mnist import digest_mismatches, file_digests, load_mnist
-from pipeline.model import VARIANTS, DeepMLP
-from pipeline.params import Params, flatten, load_params
-from pipeline.stats import mean_std
-from pipeline.training import (
-    DeviceData,
-    Diverged,
-    EpochRecord,
-    batch_starts,
-    fit,
-    initial_model,
-    make_optimizer,
-    to_device,
+from pipeline.nn.checkpoint import (
+    checkpoint_path,
+    make_checkpoint,
+    save_checkpoint,
 )
+from pipeline.nn.device import (
+    CoresForTheHelper,
+    configure_threads,
+    describe_device,
+    select_device,
+    use_cuda_graph,
+)
+from pipeline.nn.history import SUMMARY_KEYS, EpochRecord, history_table, plot_table, summarize
+from pipeline.nn.model import VARIANTS, DeepMLP
+from pipeline.nn.training import Diverged, batch_starts, fit, initial_model, make_optimizer
+from pipeline.params import Params, flatten, load_params
+from pipeline.report.stats import mean_std
 
 log = logging.getLogger("train")
-
-
-def verified_digests(raw_dir: Path, verify: bool) -> dict[str, str]:
-    """Digests of the files about to be trained on. Refuses files that differ
-    from what download recorded (truncated, edited, swapped), and, with
-    data.verify, anything that is not MNIST as published."""
-    mnist_dir = raw_dir / paths.MNIST_SUBDIR
-    recorded = read_json(raw_dir / paths.DIGESTS_NAME, "run `dvc repro download`")["sha256"]
-    try:
-        digests = file_digests(mnist_dir)
-    except FileNotFoundError as err:
-        raise PipelineError(f"{err.filename}: missing; run `dvc repro download`") from None
-    problems = [
-        f"{mnist_dir / name}: SHA-256 {digest} differs from {recorded.get(name)} recorded at "
-        "download (the file was changed or truncated)"
-        for name, digest in digests.items()
-        if digest != recorded.get(name)
-    ]
-    if verify and not problems:
-        problems = [f"{mnist_dir}/{problem}" for problem in digest_mismatches(digests)]
-    if problems:
-        raise PipelineError(
-            *problems,
-            "training refuses this data: restore it with `dvc checkout data/raw` "
-            "or `dvc repro -f download`",
-        )
-    return digests
 
 
 class Progress:
@@ -100,33 +69,6 @@ class Progress:
         if done == self.batches:
             self.bar.close()
             self.bar = None
-
-
-class CoresForTheHelper:
-    """Train on one thread while the MLflow helper is still busy (loading
-    MLflow, starting the runs, preparing log_model: seconds of CPU on the
-    other core), then on as many as train.cpu_threads set. Two threads that
-    share a core with the helper are slower than one: every parallel region
-    waits for whichever thread was preempted. Restores the threads on exit."""
-
-    def __init__(self, helper_ready: tracking.Reply, device: torch.device) -> None:
-        self.ready, self.threads = helper_ready, torch.get_num_threads()
-        self.waiting = device.type == "cpu" and self.threads > 1
-
-    def __enter__(self) -> CoresForTheHelper:
-        if self.waiting:
-            torch.set_num_threads(1)
-        return self
-
-    def check(self) -> None:
-        """Take the other core back once the helper is idle (called every
-        PROGRESS_EVERY batches; does not wait)."""
-        if self.waiting and self.ready.arrived():
-            torch.set_num_threads(self.threads)
-            self.waiting = False
-
-    def __exit__(self, *exc: object) -> None:
-        torch.set_num_threads(self.threads)
 
 
 NAMES = {"bn": "BatchNorm", "nobn": "No-BatchNorm"}  # in run descriptions
@@ -314,8 +256,8 @@ def train_variant(
                 save_checkpoint(checkpoint_path(staging, seed), final)
                 if params.tracking.log_model:  # from the file: read before staging moves
                     logged.append(run.log_model(checkpoint_path(staging, seed),
-                                                data.test_x[:5].cpu(), f"{variant}-seed{seed}",
-                                                model_tag))  # fmt: skip
+                                                data.test_x[:5].cpu().numpy(),
+                                                f"{variant}-seed{seed}", model_tag))  # fmt: skip
             uris = [answer.result() for answer in logged] or [None] * len(seeds)
             record = {
                 "tracking_uri": tracker.uri,

@@ -18,15 +18,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline import figures, paths, report, tracking
-from pipeline.checkpoint import checkpoints_of, load_checkpoint
+from pipeline import paths, tracking
 from pipeline.cli import run_stage, stage_parser
+from pipeline.data.mnist import load_split, scale_images
 from pipeline.errors import ParamsError
 from pipeline.files import atomic_write_text, read_json, save_figure
-from pipeline.mnist import load_split
-from pipeline.model import VARIANTS, DeepMLP
+from pipeline.nn.checkpoint import checkpoints_of, load_checkpoint
+from pipeline.nn.model import VARIANTS, DeepMLP
 from pipeline.params import VisualizeParams, load_params
-from pipeline.training import scale_images
+from pipeline.report import comparison, document, figures, post
 
 log = logging.getLogger("visualize")
 RETRAIN = "run `dvc repro train_bn train_nobn`"
@@ -65,9 +65,9 @@ def draw_all(params: VisualizeParams, tracker: tracking.Tracker) -> None:
     batch = scale_images(images[: params.distribution_images])
     history = {v: read_json(paths.MODELS_DIR / v / paths.HISTORY_NAME, RETRAIN) for v in VARIANTS}
     evaluation = read_json(paths.EVALUATION_FILE, "run `dvc repro evaluate`")
-    metrics = read_json(paths.STATISTICS_FILE, "run `dvc repro evaluate`")
+    statistics = read_json(paths.STATISTICS_FILE, "run `dvc repro evaluate`")
     compared = ("bn", "nobn", "bn_minus_nobn")
-    post = {v: report.post_accuracy(v) for v in VARIANTS}
+    posted = {v: post.post_accuracy(v) for v in VARIANTS}  # the post's accuracies
     confusions = {
         v: np.sum([np.array(s["confusion"]) for s in evaluation[v].values()], axis=0)
         for v in VARIANTS
@@ -86,9 +86,9 @@ def draw_all(params: VisualizeParams, tracker: tracking.Tracker) -> None:
         "layer_diagnostics": figures.layer_diagnostics(history),
         "confusion_matrices": figures.confusion_matrices(confusions),
         "seed_accuracies": figures.seed_accuracies(
-            {v: report.per_seed(metrics, v) for v in compared},
-            {v: metrics[v]["test_accuracy_ci95"] for v in compared},
-            post | {"bn_minus_nobn": post["bn"] - post["nobn"]},
+            {v: post.per_seed(statistics, v) for v in compared},
+            {v: statistics[v]["test_accuracy_ci95"] for v in compared},
+            posted | {"bn_minus_nobn": posted["bn"] - posted["nobn"]},
         ),
     }
     written = []
@@ -96,23 +96,23 @@ def draw_all(params: VisualizeParams, tracker: tracking.Tracker) -> None:
         written.append(paths.FIGURES_DIR / f"{name}.png")
         save_figure(fig, written[-1], params.dpi)
     checkpoint = loaded["bn"][1]
-    context = report.Context(
+    context = comparison.Context(
         params=checkpoint["params"],
         digests=checkpoint["data_sha256"],
         # the commit the models were trained at (reports may be drawn later)
         commit=checkpoint.get("git_commit") or tracking.git_commit(Path.cwd()) or "unknown",
         device=checkpoint["device"],
         date=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        metrics=metrics,
+        statistics=statistics,
         evaluation=evaluation,
         history=history,
         figures={
             n: str(p.relative_to(paths.REPORTS_DIR)) for n, p in zip(drawn, written, strict=True)
         },
     )
-    blocks = report.build(context)
-    atomic_write_text(paths.REPORT_MD, report.render_markdown(blocks))
-    atomic_write_text(paths.REPORT_HTML, report.render_html(blocks, paths.REPORTS_DIR))
+    blocks = comparison.build(context)
+    atomic_write_text(paths.REPORT_MD, document.render_markdown(blocks))
+    atomic_write_text(paths.REPORT_HTML, document.render_html(blocks, paths.REPORTS_DIR))
     log.info("wrote %d figures, %s and %s", len(written), paths.REPORT_MD, paths.REPORT_HTML)
     for variant in VARIANTS:  # on the parent runs, one level above each seed's run
         parent = tracking.recorded_parent(paths.MODELS_DIR / variant / paths.RUNS_NAME)

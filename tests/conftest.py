@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline import mnist
-from pipeline.mnist import file_digests
-from pipeline.sources import images_idx, labels_idx
+from pipeline.data import mnist
+from pipeline.data.mnist import file_digests
+from pipeline.data.sources import images_idx, labels_idx
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""The login check before a stage reads data (pipeline/access.py), offline:
+"""The login check before a stage reads data (pipeline/tracking/access.py), offline:
 a small HTTP server answers as MLflow's authentication would. The real
 thing, on PostgreSQL, is tests/test_server.py."""
 
@@ -15,8 +15,9 @@ from urllib.parse import parse_qs, urlparse
 import psutil
 import pytest
 
-from pipeline import access, team, tracking
+from pipeline import team, tracking
 from pipeline.errors import PipelineError
+from pipeline.tracking import access
 
 EXPERIMENT = {"experiment_id": "7", "name": "stage-test", "lifecycle_stage": "active",
               "artifact_location": "mlflow-artifacts:/7"}  # fmt: skip
@@ -189,25 +190,28 @@ def test_refusals_from_any_later_call_get_the_same_lines() -> None:
     from mlflow.exceptions import MlflowException
     from mlflow.protos import databricks_pb2 as codes
 
+    from pipeline.tracking.helper import describe
+
     uri = "https://mlflow.example.org"
-    helper = tracking._Helper()
-    helper.uri, helper.experiment = uri, "stage-test"
     unauthenticated = MlflowException("401 != 200", error_code=codes.UNAUTHENTICATED)
     denied = MlflowException("403 != 200. Response body: 'Permission denied'",
                              error_code=codes.PERMISSION_DENIED)  # fmt: skip
     other = MlflowException("bad value", error_code=codes.INVALID_PARAMETER_VALUE)
-    assert helper.describe("log_epoch", unauthenticated, {"run": "run0"}) == refused(uri)
-    assert helper.describe("start_run", denied, {"experiment": "other"}) == (
+
+    def line(err: Exception, op: str, request: dict) -> str:
+        return describe(err, op, request, uri, "stage-test")
+
+    assert line(unauthenticated, "log_epoch", {"handle": 0}) == refused(uri)
+    assert line(denied, "start_run", {"experiment": "other"}) == (
         f"MLflow tracking server {uri} refused these credentials write access to experiment "
         "'other' (403): ask its admin for EDIT on it (python -m pipeline.team add <user>)"
     )
-    assert "to experiment 'stage-test' (403)" in helper.describe("log_epoch", denied, {})
-    assert "to the experiment of run abc (403)" in helper.describe(
-        "log_to_run", denied, {"run_id": "abc"}
-    )
-    assert helper.describe("log_epoch", other, {}) == "MLflow (log_epoch): bad value"
-    assert helper.describe("end_run", PipelineError("no MLflow run x is open"), {}) == (
-        "no MLflow run x is open"
+    assert "to experiment 'stage-test' (403)" in line(denied, "log_epoch", {})
+    assert "to the experiment of run abc (403)" in line(denied, "log_to_run", {"run_id": "abc"})
+    assert line(other, "log_epoch", {}) == "MLflow (log_epoch): bad value"
+    assert line(OSError("disk full"), "log_file", {}) == "MLflow (log_file): disk full"
+    assert line(PipelineError("no MLflow run 3 is open"), "end_run", {}) == (
+        "no MLflow run 3 is open"
     )
 
 

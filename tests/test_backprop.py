@@ -17,9 +17,9 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.backprop import blocks_of, loss_and_gradients, stacked_loss
-from pipeline.model import StackedMLP
-from pipeline.training import initial_model, make_optimizer, training_step
+from pipeline.nn.backprop import blocks_of, loss_and_gradients, stacked_loss
+from pipeline.nn.model import StackedMLP
+from pipeline.nn.training import initial_model, make_optimizer, training_step
 
 from .test_training import noise_driven, synthetic_data
 

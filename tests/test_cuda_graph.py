@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.cuda_graph import _restore, _snapshot
-from pipeline.device import use_cuda_graph
+from pipeline.data.mnist import to_device
 from pipeline.errors import ParamsError
-from pipeline.training import fit, initial_model, make_optimizer, to_device, training_step
+from pipeline.nn.cuda_graph import _restore, _snapshot
+from pipeline.nn.device import use_cuda_graph
+from pipeline.nn.training import fit, initial_model, make_optimizer, training_step
 
 from .test_training import MATHS_TOLERANCE, in_float64, synthetic_mnist, tolerance
 

@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 
 from pipeline import download as stage
-from pipeline import mnist, paths
+from pipeline import paths
+from pipeline.data import mnist
+from pipeline.data.mnist import FILENAMES, file_digests, load_mnist
+from pipeline.data.sources import SourceUnavailable
 from pipeline.errors import PipelineError
-from pipeline.mnist import FILENAMES, file_digests, load_mnist
 from pipeline.params import DataParams, local_folder
-from pipeline.sources import SourceUnavailable
 
 
 def data_params(**changes: object) -> DataParams:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -19,16 +20,26 @@ STAGES = DVC_YAML["stages"]
 
 
 def imported_modules(module: str) -> list[str]:
-    """Files of the `pipeline` package that importing `module` loads."""
+    """Files of the `pipeline` package that importing `module` loads: its
+    modules, and the `__init__.py` of each subpackage on the way to them
+    (the top package's own, which holds no code, left out)."""
     code = (
         "import importlib, json, sys; importlib.import_module(sys.argv[1]); "
-        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'pipeline')))"
+        "print(json.dumps(sorted(m.__file__ for n, m in sys.modules.items() "
+        "if n.split('.')[0] == 'pipeline' and n != 'pipeline')))"
     )
     done = subprocess.run(
         [sys.executable, "-c", code, module], cwd=REPO, capture_output=True, text=True, check=True
     )
-    names = json.loads(done.stdout)
-    return sorted(f"{name.replace('.', '/')}.py" for name in names if name != "pipeline")
+    files = (Path(name).resolve().relative_to(REPO) for name in json.loads(done.stdout))
+    return sorted(path.as_posix() for path in files)
+
+
+def test_a_subpackage_counts_with_its_init() -> None:
+    assert imported_modules("pipeline.nn.model") == [
+        "pipeline/nn/__init__.py",
+        "pipeline/nn/model.py",
+    ]
 
 
 def stage_module(stage: dict) -> str:

@@ -11,12 +11,11 @@ import pytest
 import torch
 
 from pipeline import evaluate, paths
-from pipeline.checkpoint import checkpoints_of, load_checkpoint
+from pipeline.data.mnist import load_split, scale_images
 from pipeline.errors import PipelineError
 from pipeline.evaluate import Evaluation
-from pipeline.mnist import load_split
-from pipeline.model import DeepMLP
-from pipeline.training import scale_images
+from pipeline.nn.checkpoint import checkpoints_of, load_checkpoint
+from pipeline.nn.model import DeepMLP
 
 
 def constant_model(predicted: int) -> DeepMLP:
@@ -188,13 +187,14 @@ def test_evaluation_lands_in_each_training_run(reported: Path, client) -> None:
         )
 
 
-def test_a_run_missing_from_the_store_is_skipped_with_a_warning(tmp_path: Path, caplog) -> None:
+def test_a_run_missing_from_the_store_is_skipped_with_a_warning(tmp_path: Path, capfd) -> None:
     from pipeline import tracking
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    assert tracking.log_to_run(uri, "0" * 32, metrics={"x": 1.0}) is False
+    with tracking.Tracker(uri, "e") as tracker:
+        assert tracker.log_to_run("0" * 32, metrics={"x": 1.0}).result() is False
     assert not (tmp_path / "mlflow.db").exists()  # no store created just to look
     tracking.prepare_experiment(uri, "e")
-    with caplog.at_level("WARNING"):
-        assert tracking.log_to_run(uri, "0" * 32, metrics={"x": 1.0}) is False
-    assert "is not in" in caplog.text
+    with tracking.Tracker(uri, "e") as tracker:
+        assert tracker.log_to_run("0" * 32, metrics={"x": 1.0}).result() is False
+    assert "is not in" in capfd.readouterr().err  # the helper's warning, on the stage's stderr

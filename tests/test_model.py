@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.model import DeepMLP, stack
+from pipeline.nn.model import DeepMLP, stack
 
 
 @pytest.mark.parametrize(("depth", "width"), [(1, 8), (3, 16), (10, 64)])

@@ -19,8 +19,8 @@ import yaml
 
 from pipeline import cli, download, paths
 from pipeline.errors import PipelineError
+from pipeline.nn.training import Diverged, initial_model, make_optimizer, train_epoch, training_step
 from pipeline.params import DataParams
-from pipeline.training import Diverged, initial_model, make_optimizer, train_epoch, training_step
 
 from .conftest import free_port, run_stages, tiny_params, write_synthetic_idx
 from .test_training import synthetic_data

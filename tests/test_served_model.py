@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import mnist, paths
-from pipeline.checkpoint import load_checkpoint
+from pipeline import paths
+from pipeline.data import mnist
+from pipeline.nn.checkpoint import load_checkpoint
 from pipeline.request import request_body
 
 from .conftest import free_port
@@ -83,7 +84,7 @@ def test_mlflows_own_pt2_pyfunc_fails_where_cuda_is_reported(tmp_path: Path, mon
     import mlflow.pytorch
     from mlflow.exceptions import MlflowException
 
-    from pipeline.model import DeepMLP
+    from pipeline.nn.model import DeepMLP
 
     network = DeepMLP(2, 8, batchnorm=True).eval()
     example = np.random.default_rng(0).random((3, 784), dtype=np.float32)

@@ -38,9 +38,8 @@ import torch
 import yaml
 
 from pipeline import paths
-from pipeline.checkpoint import load_checkpoint
-from pipeline.mnist import load_split
-from pipeline.training import scale_images
+from pipeline.data.mnist import load_split, scale_images
+from pipeline.nn.checkpoint import load_checkpoint
 
 from .conftest import REPO, free_port, run_stages, tiny_params
 
@@ -370,7 +369,7 @@ def test_a_stage_without_a_login_that_may_write_stops_before_reading_data(
 @pytest.fixture
 def as_admin(tracking_server: Server, monkeypatch: pytest.MonkeyPatch):
     """MLflow's client for users and permissions, logged in as the admin."""
-    from pipeline import access
+    from pipeline.tracking import access
 
     for name, value in tracking_server.login("admin", tracking_server.admin_password).items():
         monkeypatch.setenv(name, value)

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import mnist, sources
-from pipeline.mnist import FILENAMES, file_digests, load_mnist
+from pipeline.data import mnist, sources
+from pipeline.data.mnist import FILENAMES, file_digests, load_mnist
 
 from .conftest import synthetic_digits
 

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import paths, study, study_report
+from pipeline import paths, study
 from pipeline.errors import PipelineError
-from pipeline.report import Image, Paragraph, Table
+from pipeline.report import study_report
+from pipeline.report.document import Image, Paragraph, Table
 
 
 def record(rev: str, depth: int, *, lr: float = 0.001, code: str = "c1", failed: bool = False,

@@ -8,11 +8,13 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from pipeline import tracking
+from pipeline.tracking import store
 
 
 def test_default_store_is_mlflow_db_at_the_repo_root(tmp_path: Path) -> None:
@@ -33,8 +35,8 @@ def test_mlflow_tracking_uri_overrides_everything(tmp_path: Path) -> None:
 
 
 def test_sqlite_path() -> None:
-    assert tracking.sqlite_path("sqlite:////srv/x/mlflow.db") == Path("/srv/x/mlflow.db")
-    assert tracking.sqlite_path("http://host:5000") is None
+    assert store.sqlite_path("sqlite:////srv/x/mlflow.db") == Path("/srv/x/mlflow.db")
+    assert store.sqlite_path("http://host:5000") is None
 
 
 def test_experiment_artifacts_go_beside_the_database_in_mlruns(tmp_path: Path) -> None:
@@ -129,13 +131,13 @@ def test_run_tags(tmp_path: Path) -> None:
     ],
 )
 def test_which_processes_count_as_dvc(cmdline: list[str], expected: bool) -> None:
-    assert tracking._is_dvc(cmdline) is expected
+    assert store._is_dvc(cmdline) is expected
 
 
 def finished_run(uri: str) -> str:
-    experiment = tracking.prepare_experiment(uri, "e")
-    with tracking.start_run(uri, experiment, "r", {}, {}) as run:
-        return run.run_id
+    with tracking.Tracker(uri, "e") as tracker, tracker.run("e", "r", {}, {}) as run:
+        pass
+    return run.run_id
 
 
 def test_the_tracker_makes_the_requests_in_its_helper(tmp_path: Path) -> None:
@@ -157,12 +159,12 @@ def test_the_tracker_makes_the_requests_in_its_helper(tmp_path: Path) -> None:
     assert json.loads(Path(client.download_artifacts(run_id, "d/c.json")).read_text()) == [[1, 2]]
 
 
-def test_a_tracker_run_is_logged_and_ended_like_start_run(tmp_path: Path) -> None:
+def test_a_tracker_run_is_logged_and_ended(tmp_path: Path) -> None:
     import torch
     from mlflow.tracking import MlflowClient
 
-    from pipeline.checkpoint import make_checkpoint, save_checkpoint
-    from pipeline.model import DeepMLP
+    from pipeline.nn.checkpoint import make_checkpoint, save_checkpoint
+    from pipeline.nn.model import DeepMLP
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     model = DeepMLP(2, 8, batchnorm=True).eval()
@@ -174,7 +176,9 @@ def test_a_tracker_run_is_logged_and_ended_like_start_run(tmp_path: Path) -> Non
             run.log_epoch(1, {"loss": 2.0})
             run.log_epoch(2, {"loss": 1.0})
             run.log_file(tmp_path / "final.pt", "checkpoints")
-            model_uri = run.log_model(tmp_path / "final.pt", example, "bn-seed0", {"seed": "0"})
+            model_uri = run.log_model(
+                tmp_path / "final.pt", example.numpy(), "bn-seed0", {"seed": "0"}
+            )
         run_id = run.run_id
     client = MlflowClient(uri)
     logged = client.get_run(run_id)
@@ -215,16 +219,14 @@ def test_a_tracker_run_left_by_an_error_ends_killed_or_failed(
 
 
 def test_a_run_the_stage_never_ended_is_killed_by_the_helper(tmp_path: Path) -> None:
-    # The stage died (SIGKILL) mid-run: its helper sees stdin close and ends the run.
+    # The helper's input closes, as when the stage dies: it ends the run and exits.
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     tracker = tracking.Tracker(uri, "stage-test")
-    run = tracking.RemoteRun(tracker, "r0", tracker._ask("start_run", run="r0", experiment="e",
-                                                         name="r", tags={}, params={},
-                                                         parent=None))  # fmt: skip
+    run = tracking.RemoteRun(tracker, 0, tracker.start_run(0, "e", "r", {}, {}, None))
     run_id = run.run_id
-    tracker.process.stdin.close()
+    tracker.requests.close()
     assert tracker.process.wait(timeout=60) == 0
     logged = MlflowClient(uri).get_run(run_id)
     assert logged.info.status == "KILLED"
@@ -283,18 +285,77 @@ def test_a_parent_run_with_nested_runs_open_at_once(tmp_path: Path) -> None:
     assert logged.data.tags["mlflow.source.type"] == "LOCAL"  # MLflow's own tags, as before
 
 
-def test_nested_runs_left_open_are_all_killed_when_the_stage_dies(tmp_path: Path) -> None:
+KILLED_MID_RUN = """
+import sys, time
+from pipeline import tracking
+with (
+    tracking.Tracker(sys.argv[1], "stage-test") as tracker,
+    tracker.run("e", "bn", {}, {}) as parent,
+    tracker.run("e", "bn-seed0", {}, {}, parent) as first,
+    tracker.run("e", "bn-seed1", {}, {}, parent) as second,
+):
+    first.log_epoch(1, {"loss": 1.0})
+    print(parent.run_id, first.run_id, second.run_id, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_nested_runs_left_open_are_all_killed_when_the_stage_is_killed(tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    tracker = tracking.Tracker(uri, "stage-test")
-    started = [tracker._ask("start_run", run=f"r{k}", experiment="e", name=f"r{k}", tags={},
-                            params={}, parent="r0" if k else None) for k in range(3)]  # fmt: skip
-    run_ids = [answer.result()["run_id"] for answer in started]
-    tracker.process.stdin.close()  # as when the stage is killed
-    assert tracker.process.wait(timeout=60) == 0
+    stage = subprocess.Popen([sys.executable, "-c", KILLED_MID_RUN, uri], stdout=subprocess.PIPE,
+                             text=True)  # fmt: skip
+    run_ids = stage.stdout.readline().split()
+    stage.kill()  # SIGKILL: nothing in the stage cleans up; its helper sees its input close
+    stage.wait(timeout=60)
     client = MlflowClient(uri)
-    assert [client.get_run(r).info.status for r in run_ids] == ["KILLED"] * 3
+    deadline = time.monotonic() + 60
+    while [client.get_run(r).info.status for r in run_ids] != ["KILLED"] * 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    reasons = {client.get_run(r).data.tags["failure_reason"] for r in run_ids}
+    assert reasons == {"the stage stopped before ending its run"}
+
+
+FAILS_MID_RUN = """
+import sys, time
+from pathlib import Path
+from pipeline import tracking
+from pipeline.cli import run_stage
+from pipeline.errors import PipelineError
+
+def main(argv):
+    with (
+        tracking.Tracker(sys.argv[1], "stage-test") as tracker,
+        tracker.run("e", "r", {}, {}) as run,
+    ):
+        run.log_file(Path(sys.argv[2]), "x")
+        if sys.argv[3] == "stage":  # the stage fails too, once the helper's failure is in
+            ready = tracker.caught_up()
+            while not ready.arrived():
+                time.sleep(0.05)
+            raise PipelineError("the stage's own failure")
+
+run_stage(main, [])
+"""
+
+
+@pytest.mark.parametrize("also", ["helper", "stage"])
+def test_a_failure_of_the_helper_is_printed_once(tmp_path: Path, also: str) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    done = subprocess.run([sys.executable, "-c", FAILS_MID_RUN, uri, str(tmp_path / "gone.png"),
+                           also], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.splitlines()
+    told = [line for line in lines if "MLflow (log_file): " in line and "gone.png" in line]
+    assert len(told) == 1, done.stderr
+    if also == "helper":
+        assert lines[-1] == told[0]  # run_stage's line, no traceback
+    else:  # the stage's own failure is the one run_stage prints; the helper's is logged
+        assert lines[-1] == "the stage's own failure"
+        assert " tracking WARNING MLflow (log_file): " in told[0]
+    assert "Traceback" not in done.stderr
 
 
 def test_caught_up_says_without_waiting_when_the_helper_is_idle(tmp_path: Path) -> None:

@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline import mnist, paths, train
-from pipeline.checkpoint import load_checkpoint
-from pipeline.device import select_device
+from pipeline import paths
+from pipeline.data import mnist
+from pipeline.data.mnist import verified_digests
 from pipeline.errors import PipelineError
+from pipeline.nn.checkpoint import load_checkpoint
+from pipeline.nn.device import CoresForTheHelper, select_device
 
 from .conftest import run_stages
 
@@ -158,7 +160,7 @@ def test_the_train_summary_holds_each_layers_final_diagnostics(workspace: Path) 
 def test_training_refuses_data_that_changed(workspace: Path, tmp_path: Path) -> None:
     raw = tmp_path / "raw"
     shutil.copytree(workspace / paths.RAW_DIR, raw)
-    recorded = train.verified_digests(raw, verify=False)
+    recorded = verified_digests(raw, verify=False)
     assert recorded == mnist.file_digests(raw / paths.MNIST_SUBDIR)
     with (raw / paths.MNIST_SUBDIR / "train-images-idx3-ubyte").open("r+b") as f:
         f.seek(100)
@@ -166,7 +168,7 @@ def test_training_refuses_data_that_changed(workspace: Path, tmp_path: Path) -> 
     with (raw / paths.MNIST_SUBDIR / "t10k-labels-idx1-ubyte").open("r+b") as f:
         f.truncate(50)
     with pytest.raises(PipelineError) as caught:
-        train.verified_digests(raw, verify=False)
+        verified_digests(raw, verify=False)
     lines = caught.value.lines
     assert len(lines) == 3
     assert lines[0].startswith(str(raw / paths.MNIST_SUBDIR / "train-images-idx3-ubyte"))
@@ -178,12 +180,12 @@ def test_training_refuses_data_that_changed(workspace: Path, tmp_path: Path) -> 
 def test_verify_also_demands_the_canonical_files(workspace: Path) -> None:
     # the workspace's synthetic digits match what download recorded, but are not MNIST
     with pytest.raises(PipelineError, match="does not match the canonical"):
-        train.verified_digests(workspace / paths.RAW_DIR, verify=True)
+        verified_digests(workspace / paths.RAW_DIR, verify=True)
 
 
 def test_missing_data_says_how_to_get_it(tmp_path: Path) -> None:
     with pytest.raises(PipelineError, match="missing; run `dvc repro download`"):
-        train.verified_digests(tmp_path, verify=True)
+        verified_digests(tmp_path, verify=True)
 
 
 def test_auto_device_is_cpu_here_and_a_missing_device_is_refused() -> None:
@@ -216,14 +218,14 @@ def test_training_leaves_the_helper_a_core_until_it_is_idle() -> None:
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        with train.CoresForTheHelper(Reply(), torch.device("cpu")) as cores:
+        with CoresForTheHelper(Reply(), torch.device("cpu")) as cores:
             assert torch.get_num_threads() == 1
             cores.check()
             cores.check()
             assert torch.get_num_threads() == 1
             cores.check()
             assert torch.get_num_threads() == 2
-        with train.CoresForTheHelper(Reply(), torch.device("cpu")):
+        with CoresForTheHelper(Reply(), torch.device("cpu")):
             assert torch.get_num_threads() == 1
         assert torch.get_num_threads() == 2  # restored when training ends first
     finally:

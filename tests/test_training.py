@@ -7,17 +7,15 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from pipeline.mnist import Mnist
-from pipeline.model import DeepMLP, StackedMLP, stack
-from pipeline.training import (
-    DeviceData,
+from pipeline.data.mnist import DeviceData, Mnist, to_device
+from pipeline.nn.model import DeepMLP, StackedMLP, stack
+from pipeline.nn.training import (
     batch_starts,
     epoch_orders,
     evaluate,
     fit,
     initial_model,
     make_optimizer,
-    to_device,
     train_epoch,
     training_step,
 )

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import figures, paths, report
+from pipeline import paths
 from pipeline.errors import PipelineError
+from pipeline.report import comparison, figures, post
 
 from .conftest import run_stages
 
@@ -113,15 +114,15 @@ def test_stage_writes_every_figure_as_png(reported: Path) -> None:
 
 
 def test_report_numbers_equal_statistics_json(reported: Path) -> None:
-    metrics = json.loads((reported / paths.STATISTICS_FILE).read_text())
+    statistics = json.loads((reported / paths.STATISTICS_FILE).read_text())
     text = (reported / paths.REPORT_MD).read_text()
     for variant, label in (("bn", "with BatchNorm"), ("nobn", "without BatchNorm")):
-        m = metrics[variant]
+        m = statistics[variant]
         low, high = (100 * x for x in m["test_accuracy_ci95"])
         row = (f"| {label} | 2 | {100 * m['test_accuracy']:.2f} | {low:.2f} to {high:.2f} | "
                f"{100 * m['test_accuracy_std']:.2f} |")  # fmt: skip
         assert row in text
-    diff = metrics["bn_minus_nobn"]
+    diff = statistics["bn_minus_nobn"]
     gain = 100 * diff["test_accuracy"]
     assert text.splitlines()[2].startswith(f"BatchNorm {'adds' if gain > 0 else 'changes'}")
     assert f"{gain:+.2f} points" in text.splitlines()[2]
@@ -149,8 +150,8 @@ def test_html_is_self_contained(reported: Path) -> None:
     assert not re.search(r"""(src|href)\s*=\s*["'](?!data:)""", page)
     assert "<link" not in page and "<script" not in page and "url(" not in page
     assert "http://" not in page and "https://" not in page
-    metrics = json.loads((reported / paths.STATISTICS_FILE).read_text())
-    assert f"<td>{100 * metrics['bn']['test_accuracy']:.2f}</td>" in page
+    statistics = json.loads((reported / paths.STATISTICS_FILE).read_text())
+    assert f"<td>{100 * statistics['bn']['test_accuracy']:.2f}</td>" in page
 
 
 def test_figures_and_report_are_attached_to_each_parent_run(reported: Path, client) -> None:
@@ -168,10 +169,10 @@ def test_sample_index_beyond_the_test_set_is_refused(reported: Path, tmp_path: P
         run_stages(tmp_path, ["visualize"])
 
 
-def metrics_of(
+def statistics_of(
     bn: list[float], nobn: list[float], losses: tuple[float, float] = (0.08, 0.15)
 ) -> dict:
-    """metrics.json as evaluate writes it, for these per-seed accuracies; each
+    """statistics.json as evaluate writes it, for these per-seed accuracies; each
     seed's test loss is `losses` (bn, nobn) shifted by its accuracy's offset."""
     from pipeline.evaluate import Evaluation, summarize
 
@@ -183,9 +184,9 @@ def metrics_of(
 
 
 def test_the_headline_gives_the_gain_its_interval_and_p() -> None:
-    metrics = metrics_of([0.976, 0.975, 0.978, 0.9755], [0.966, 0.96, 0.968, 0.963])
-    line = report.headline(metrics, epochs=9)
-    diff = metrics["bn_minus_nobn"]
+    statistics = statistics_of([0.976, 0.975, 0.978, 0.9755], [0.966, 0.96, 0.968, 0.963])
+    line = comparison.headline(statistics, epochs=9)
+    diff = statistics["bn_minus_nobn"]
     low, high = (100 * x for x in diff["test_accuracy_ci95"])
     assert line.startswith(
         f"BatchNorm adds +{100 * diff['test_accuracy']:.2f} points of test accuracy "
@@ -196,16 +197,16 @@ def test_the_headline_gives_the_gain_its_interval_and_p() -> None:
 
 
 def test_one_seed_says_why_there_is_no_interval() -> None:
-    metrics = metrics_of([0.95], [0.96])
-    line = report.headline(metrics, epochs=3)
+    statistics = statistics_of([0.95], [0.96])
+    line = comparison.headline(statistics, epochs=3)
     assert line.startswith("BatchNorm changes test accuracy by -1.00 points (one seed: a "
                            "confidence interval and a p-value need at least two")  # fmt: skip
-    _, verdict = report.reproduction(metrics)
+    _, verdict = post.reproduction(statistics)
     assert len(verdict) == 1 and "with one seed there is no spread" in verdict[0].lower()
 
 
 def test_the_posts_loss_is_converted_to_a_mean_per_image() -> None:
-    mean, low, high = report.post_loss_per_image("bn")  # printed 0.0012: sums 157 batch means
+    mean, low, high = post.post_loss_per_image("bn")  # printed 0.0012: sums 157 batch means
     assert mean == pytest.approx(0.0012 * 10000 / 157)
     assert low == pytest.approx(0.00115 * 10000 / 157) and high == pytest.approx(
         0.00125 * 10000 / 157
@@ -214,8 +215,8 @@ def test_the_posts_loss_is_converted_to_a_mean_per_image() -> None:
 
 def test_the_verdict_follows_the_numbers() -> None:
     # Close to the post (97.83 / 95.98): both single runs plausible, gain within reach.
-    near = metrics_of([0.976, 0.979, 0.977, 0.9785, 0.975], [0.962, 0.958, 0.961, 0.96, 0.963])
-    table, verdict = report.reproduction(near)
+    near = statistics_of([0.976, 0.979, 0.977, 0.9785, 0.975], [0.962, 0.958, 0.961, 0.96, 0.963])
+    table, verdict = post.reproduction(near)
     assert [row[0] for row in table.rows][:3] == [
         "with BatchNorm", "without BatchNorm", "gain (bn - nobn)",
     ]  # fmt: skip
@@ -226,8 +227,8 @@ def test_the_verdict_follows_the_numbers() -> None:
     assert verdict[-1].startswith("Verdict: the post's figures are what a single run")
     assert "BatchNorm helps here" in verdict[-1]
     # Far from it: every seed far above the post without BatchNorm, no gain at all.
-    far = metrics_of([0.981, 0.982, 0.980, 0.9815], [0.980, 0.9825, 0.9805, 0.981], (0.03, 0.15))
-    _, verdict = report.reproduction(far)
+    far = statistics_of([0.981, 0.982, 0.980, 0.9815], [0.980, 0.9825, 0.9805, 0.981], (0.03, 0.15))
+    _, verdict = post.reproduction(far)
     assert "95.98% without BatchNorm is outside" in verdict[1]
     assert "inside but for the one with BatchNorm, which is outside" in verdict[2]
     assert "+1.85 points is outside the 95% CI of the mean gain" in verdict[3]

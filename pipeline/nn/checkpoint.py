@@ -9,7 +9,7 @@ import torch
 
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_write
-from pipeline.model import DeepMLP
+from pipeline.nn.model import DeepMLP
 
 FORMAT = "batchnorm-mnist/checkpoint/1"
 

@@ -123,3 +123,7 @@ def show_interval(
 def _pair(interval: Iterable[float]) -> tuple[float, float]:
     low, high = (float(x) for x in interval)
     return low, high
+
+
+def pct(fraction: float) -> str:
+    return f"{100 * fraction:.2f}"

@@ -1,13 +1,48 @@
-"""Per-epoch training records turned into the summary, plots and history files."""
+"""Per-epoch training records, and what they become: the summary, the
+plots table and the history file."""
 
 from __future__ import annotations
 
 import csv
 import io
 import statistics
+from dataclasses import dataclass, field
 
-from pipeline.stats import mean_std
-from pipeline.training import EpochRecord
+from pipeline.report.stats import mean_std
+
+
+@dataclass(frozen=True)
+class LayerStats:
+    act_mean: float  # mean post-ReLU activation over the test set
+    act_std: float
+    dead_fraction: float  # units that are zero for every test image
+    grad_norm: float  # mean L2 norm of the layer's weight gradient over the epoch's batches
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """One seed's epoch."""
+
+    epoch: int
+    train_loss: float  # mean over the epoch's batches
+    test_loss: float  # mean per test image
+    test_accuracy: float
+    epoch_seconds: float  # wall time of the epoch, all seeds together
+    layers: list[LayerStats] = field(default_factory=list)
+
+    def metrics(self) -> dict[str, float]:
+        """Flat metric names, as logged to MLflow and written to DVC plots."""
+        flat = {
+            "train_loss": self.train_loss,
+            "test_loss": self.test_loss,
+            "test_accuracy": self.test_accuracy,
+            "epoch_seconds": self.epoch_seconds,
+        }
+        for number, layer in enumerate(self.layers, start=1):
+            for name, value in vars(layer).items():
+                flat[f"layer_{number:02d}/{name}"] = value
+        return flat
+
 
 SUMMARY_KEYS = ("test_accuracy", "test_loss", "train_loss")
 LAYER_KEYS = ("dead_fraction", "grad_norm")  # the depth study's diagnostics

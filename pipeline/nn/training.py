@@ -16,77 +16,19 @@ import functools
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from pipeline.backprop import loss_and_gradients, stacked_loss
-from pipeline.cuda_graph import CudaGraphStep, Step
-from pipeline.mnist import Mnist
-from pipeline.model import DeepMLP, StackedMLP, stack
+from pipeline.data.mnist import DeviceData
+from pipeline.nn.backprop import loss_and_gradients, stacked_loss
+from pipeline.nn.cuda_graph import CudaGraphStep, Step
+from pipeline.nn.history import EpochRecord, LayerStats
+from pipeline.nn.model import DeepMLP, StackedMLP, stack
 
 # Batches between updates of the progress bar's loss: each update reads the
 # loss back from the device, which would otherwise stall a GPU every batch.
 PROGRESS_EVERY = 50
-
-
-@dataclass(frozen=True)
-class DeviceData:
-    """Images as (N, 784) float32 in [0, 1] and labels as (N,) int64, on one device."""
-
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
-
-
-@dataclass(frozen=True)
-class LayerStats:
-    act_mean: float  # mean post-ReLU activation over the test set
-    act_std: float
-    dead_fraction: float  # units that are zero for every test image
-    grad_norm: float  # mean L2 norm of the layer's weight gradient over the epoch's batches
-
-
-@dataclass(frozen=True)
-class EpochRecord:
-    """One seed's epoch."""
-
-    epoch: int
-    train_loss: float  # mean over the epoch's batches
-    test_loss: float  # mean per test image
-    test_accuracy: float
-    epoch_seconds: float  # wall time of the epoch, all seeds together
-    layers: list[LayerStats] = field(default_factory=list)
-
-    def metrics(self) -> dict[str, float]:
-        """Flat metric names, as logged to MLflow and written to DVC plots."""
-        flat = {
-            "train_loss": self.train_loss,
-            "test_loss": self.test_loss,
-            "test_accuracy": self.test_accuracy,
-            "epoch_seconds": self.epoch_seconds,
-        }
-        for number, layer in enumerate(self.layers, start=1):
-            for name, value in vars(layer).items():
-                flat[f"layer_{number:02d}/{name}"] = value
-        return flat
-
-
-def scale_images(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, 28, 28) images become float32 (N, 784) in [0, 1], as ToTensor gives."""
-    return images.flatten(1).float().div_(255)
-
-
-def to_device(data: Mnist, device: torch.device) -> DeviceData:
-    """Both splits on `device`, images scaled as `scale_images` does."""
-    return DeviceData(
-        scale_images(data.train_images.to(device)),
-        data.train_labels.to(device),
-        scale_images(data.test_images.to(device)),
-        data.test_labels.to(device),
-    )
 
 
 def initial_model(depth: int, width: int, batchnorm: bool, seeds: Sequence[int]) -> StackedMLP:
@@ -121,7 +63,7 @@ def training_step(
     weight gradient (depth, K) (None without track_gradients), as tensors on
     the device. The CUDA graph path captures this same function.
 
-    The backward pass is pipeline.backprop's, written out by hand; with
+    The backward pass is pipeline.nn.backprop's, written out by hand; with
     use_autograd it is `loss.backward()`, the reference it equals (the
     benchmark times both). Either way the gradients are written in place:
     they are views into one flat buffer (see make_optimizer), and a captured

@@ -14,10 +14,10 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from pipeline.figures import COLORS, LABELS
-from pipeline.model import VARIANTS
-from pipeline.report import Block, Heading, Image, Paragraph, Table
-from pipeline.stats import show_interval
+from pipeline.nn.model import VARIANTS
+from pipeline.report.document import Block, Heading, Image, Paragraph, Table
+from pipeline.report.figures import COLORS, LABELS
+from pipeline.report.stats import show_interval
 
 ACCURACY_FIGURE, DIAGNOSTICS_FIGURE = "depth_accuracy.png", "depth_diagnostics.png"
 NEAR_CHANCE = 0.2  # test accuracy below which a model learnt next to nothing (chance: 0.1)

@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipeline import paths
 from pipeline.errors import PipelineError
+from pipeline.files import read_json
 
 if TYPE_CHECKING:  # torch is only needed once data is loaded, not to download it
     import torch
@@ -76,3 +78,55 @@ def load_split(root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
 def load_mnist(root: Path) -> Mnist:
     """Train and test images and labels."""
     return Mnist(*load_split(root, train=True), *load_split(root, train=False))
+
+
+@dataclass(frozen=True)
+class DeviceData:
+    """Images as (N, 784) float32 in [0, 1] and labels as (N,) int64, on one device."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+
+def scale_images(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, 28, 28) images become float32 (N, 784) in [0, 1], as ToTensor gives."""
+    return images.flatten(1).float().div_(255)
+
+
+def to_device(data: Mnist, device: torch.device) -> DeviceData:
+    """Both splits on `device`, images scaled as `scale_images` does."""
+    return DeviceData(
+        scale_images(data.train_images.to(device)),
+        data.train_labels.to(device),
+        scale_images(data.test_images.to(device)),
+        data.test_labels.to(device),
+    )
+
+
+def verified_digests(raw_dir: Path, verify: bool) -> dict[str, str]:
+    """Digests of the files about to be trained on. Refuses files that differ
+    from what download recorded (truncated, edited, swapped), and, with
+    data.verify, anything that is not MNIST as published."""
+    mnist_dir = raw_dir / paths.MNIST_SUBDIR
+    recorded = read_json(raw_dir / paths.DIGESTS_NAME, "run `dvc repro download`")["sha256"]
+    try:
+        digests = file_digests(mnist_dir)
+    except FileNotFoundError as err:
+        raise PipelineError(f"{err.filename}: missing; run `dvc repro download`") from None
+    problems = [
+        f"{mnist_dir / name}: SHA-256 {digest} differs from {recorded.get(name)} recorded at "
+        "download (the file was changed or truncated)"
+        for name, digest in digests.items()
+        if digest != recorded.get(name)
+    ]
+    if verify and not problems:
+        problems = [f"{mnist_dir}/{problem}" for problem in digest_mismatches(digests)]
+    if problems:
+        raise PipelineError(
+            *problems,
+            "training refuses this data: restore it with `dvc checkout data/raw` "
+            "or `dvc repro -f download`",
+        )
+    return digests

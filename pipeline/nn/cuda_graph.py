@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import torch
 
-from pipeline.model import StackedMLP
+from pipeline.nn.model import StackedMLP
 
 # A training step, as training.training_step makes it: batch indices per seed
 # (K, B) -> (loss per seed, grad norms per layer and seed)

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pipeline.model import CLASSES, StackedBatchNorm, StackedLinear, StackedMLP
+from pipeline.nn.model import CLASSES, StackedBatchNorm, StackedLinear, StackedMLP
 
 aten = torch.ops.aten
 NO_REDUCTION = 0  # ATen's reduction enum (0 none, 1 mean, 2 sum)
