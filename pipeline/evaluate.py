@@ -87,7 +87,7 @@ def summarize(evaluations: dict[str, dict[int, Evaluation]]) -> dict:
     the interval of the mean difference and a two-sided paired t-test. With
     one seed, stds, intervals and p-values are null (None)."""
     seeds = check_paired(evaluations)
-    metrics: dict = {}
+    statistics: dict = {}
     for variant, by_seed in evaluations.items():
         entry: dict = {"seeds": len(seeds)}
         for key in KEYS:
@@ -98,15 +98,15 @@ def summarize(evaluations: dict[str, dict[int, Evaluation]]) -> dict:
             str(seed): {"test_accuracy": e.test_accuracy, "test_loss": e.test_loss}
             for seed, e in sorted(by_seed.items())
         }
-        metrics[variant] = entry
+        statistics[variant] = entry
     difference: dict = {"seeds": len(seeds)}
     for key in KEYS:
         bn, nobn = ([getattr(evaluations[v][seed], key) for seed in seeds] for v in ("bn", "nobn"))
         p = paired(bn, nobn)
         difference[key], difference[f"{key}_std"] = p.mean, p.std
         difference[f"{key}_ci95"], difference[f"{key}_p_value"] = _list(p.ci95), p.p_value
-    metrics["bn_minus_nobn"] = difference
-    return metrics
+    statistics["bn_minus_nobn"] = difference
+    return statistics
 
 
 def compared(statistics: dict) -> dict:
@@ -137,20 +137,20 @@ def details(evaluations: dict[str, dict[int, Evaluation]]) -> dict:
     }
 
 
-def accuracy_table(metrics: dict) -> str:
+def accuracy_table(statistics: dict) -> str:
     """The Markdown table of reports/accuracy.md."""
     lines = [
         "| variant | seeds | test accuracy (%) | std | 95% CI | p (paired t-test) | test loss |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for variant in VARIANTS:
-        m = metrics[variant]
+        m = statistics[variant]
         lines.append(
             f"| {variant} | {m['seeds']} | {100 * m['test_accuracy']:.2f} | "
             f"{_points(m['test_accuracy_std'])} | {show_interval(m['test_accuracy_ci95'])} | | "
             f"{m['test_loss']:.4f} |"
         )
-    diff = metrics["bn_minus_nobn"]
+    diff = statistics["bn_minus_nobn"]
     p_value = diff["test_accuracy_p_value"]
     lines.append(
         f"| bn - nobn | {diff['seeds']} | {100 * diff['test_accuracy']:+.2f} | "
@@ -164,13 +164,13 @@ def _points(fraction: float | None) -> str:
     return "-" if fraction is None else f"{100 * fraction:.2f}"
 
 
-def parent_metrics(metrics: dict, variant: str) -> dict[str, float]:
+def parent_metrics(statistics: dict, variant: str) -> dict[str, float]:
     """What evaluate adds to a variant's parent run: its mean, std and 95%
     interval across seeds, and the paired bn - nobn comparison (on both
     parents). MLflow metrics are numbers: what is null is left out."""
     flat: dict[str, float | None] = {}
-    for prefix, entry in ((f"eval/{variant}", metrics[variant]),
-                          ("eval/bn_minus_nobn", metrics["bn_minus_nobn"])):  # fmt: skip
+    for prefix, entry in ((f"eval/{variant}", statistics[variant]),
+                          ("eval/bn_minus_nobn", statistics["bn_minus_nobn"])):  # fmt: skip
         for key in KEYS:
             flat[f"{prefix}/{key}"] = entry[key]
             flat[f"{prefix}/{key}_std"] = entry[f"{key}_std"]
@@ -182,7 +182,7 @@ def parent_metrics(metrics: dict, variant: str) -> dict[str, float]:
 
 
 def log_to_mlflow(
-    evaluations: dict[str, dict[int, Evaluation]], metrics: dict, tracker: tracking.Tracker
+    evaluations: dict[str, dict[int, Evaluation]], statistics: dict, tracker: tracking.Tracker
 ) -> None:
     for variant, by_seed in evaluations.items():
         runs_file = paths.MODELS_DIR / variant / paths.RUNS_NAME
@@ -196,7 +196,7 @@ def log_to_mlflow(
                 dicts={"evaluation/confusion_matrix.json": e.confusion},
             )
         tracker.log_to_run(tracking.recorded_parent(runs_file),
-                           metrics=parent_metrics(metrics, variant))  # fmt: skip
+                           metrics=parent_metrics(statistics, variant))  # fmt: skip
 
 
 def evaluate_all(params: Params, tracker: tracking.Tracker) -> None:
@@ -217,12 +217,12 @@ def evaluate_all(params: Params, tracker: tracking.Tracker) -> None:
                 100 * e.test_accuracy,
                 e.test_loss,
             )
-    metrics = summarize(evaluations)
-    atomic_write_json(paths.STATISTICS_FILE, metrics)
-    atomic_write_json(paths.METRICS_FILE, compared(metrics), sort_keys=False)  # bn, nobn, gain
+    statistics = summarize(evaluations)
+    atomic_write_json(paths.STATISTICS_FILE, statistics)
+    atomic_write_json(paths.METRICS_FILE, compared(statistics), sort_keys=False)  # bn, nobn, gain
     atomic_write_json(paths.EVALUATION_FILE, details(evaluations))
-    atomic_write_text(paths.ACCURACY_TABLE, accuracy_table(metrics))
-    log_to_mlflow(evaluations, metrics, tracker)
+    atomic_write_text(paths.ACCURACY_TABLE, accuracy_table(statistics))
+    log_to_mlflow(evaluations, statistics, tracker)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -26,7 +26,7 @@ from pipeline.files import atomic_write_text, read_json, save_figure
 from pipeline.nn.checkpoint import checkpoints_of, load_checkpoint
 from pipeline.nn.model import VARIANTS, DeepMLP
 from pipeline.params import VisualizeParams, load_params
-from pipeline.report import comparison, document, figures, post
+from pipeline.report import comparison, document, figures, original_post
 
 log = logging.getLogger("visualize")
 RETRAIN = "run `dvc repro train_bn train_nobn`"
@@ -67,7 +67,7 @@ def draw_all(params: VisualizeParams, tracker: tracking.Tracker) -> None:
     evaluation = read_json(paths.EVALUATION_FILE, "run `dvc repro evaluate`")
     statistics = read_json(paths.STATISTICS_FILE, "run `dvc repro evaluate`")
     compared = ("bn", "nobn", "bn_minus_nobn")
-    posted = {v: post.post_accuracy(v) for v in VARIANTS}  # the post's accuracies
+    post_accuracies = {v: original_post.post_accuracy(v) for v in VARIANTS}
     confusions = {
         v: np.sum([np.array(s["confusion"]) for s in evaluation[v].values()], axis=0)
         for v in VARIANTS
@@ -86,9 +86,9 @@ def draw_all(params: VisualizeParams, tracker: tracking.Tracker) -> None:
         "layer_diagnostics": figures.layer_diagnostics(history),
         "confusion_matrices": figures.confusion_matrices(confusions),
         "seed_accuracies": figures.seed_accuracies(
-            {v: post.per_seed(statistics, v) for v in compared},
+            {v: original_post.per_seed(statistics, v) for v in compared},
             {v: statistics[v]["test_accuracy_ci95"] for v in compared},
-            posted | {"bn_minus_nobn": posted["bn"] - posted["nobn"]},
+            post_accuracies | {"bn_minus_nobn": post_accuracies["bn"] - post_accuracies["nobn"]},
         ),
     }
     written = []

@@ -210,6 +210,9 @@ def test_refusals_from_any_later_call_get_the_same_lines() -> None:
     assert "to the experiment of run abc (403)" in line(denied, "log_to_run", {"run_id": "abc"})
     assert line(other, "log_epoch", {}) == "MLflow (log_epoch): bad value"
     assert line(OSError("disk full"), "log_file", {}) == "MLflow (log_file): disk full"
+    assert line(RuntimeError("export failed"), "log_model", {}) == (
+        "MLflow (log_model): RuntimeError: export failed"
+    )
     assert line(PipelineError("no MLflow run 3 is open"), "end_run", {}) == (
         "no MLflow run 3 is open"
     )

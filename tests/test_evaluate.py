@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 from pathlib import Path
+from statistics import stdev
 
 import pytest
 import torch
@@ -60,23 +60,23 @@ def t_df2_two_sided_p(t: float) -> float:
 
 
 def test_summary_has_means_stds_intervals_and_the_paired_test() -> None:
-    metrics = evaluate.summarize(
+    statistics = evaluate.summarize(
         {
             "bn": {0: e(0.98, 0.1), 1: e(0.96, 0.3), 2: e(0.97, 0.2)},
             "nobn": {0: e(0.95, 0.2), 1: e(0.95, 0.35), 2: e(0.93, 0.32)},
         }
     )
-    bn = metrics["bn"]
+    bn = statistics["bn"]
     assert bn["seeds"] == 3
     assert bn["test_accuracy"] == pytest.approx(0.97)
     assert bn["test_accuracy_std"] == pytest.approx(0.01)  # sample std
     half = T_975_DF2 * 0.01 / math.sqrt(3)
     assert bn["test_accuracy_ci95"] == pytest.approx([0.97 - half, 0.97 + half])
-    assert metrics["nobn"]["test_loss"] == pytest.approx(0.29)
+    assert statistics["nobn"]["test_loss"] == pytest.approx(0.29)
     assert bn["per_seed"]["1"] == {"test_accuracy": 0.96, "test_loss": 0.3}
-    diff = metrics["bn_minus_nobn"]
+    diff = statistics["bn_minus_nobn"]
     differences = [0.03, 0.01, 0.04]  # bn - nobn, seed by seed
-    mean, std = sum(differences) / 3, statistics.stdev(differences)
+    mean, std = sum(differences) / 3, stdev(differences)
     assert diff["seeds"] == 3
     assert diff["test_accuracy"] == pytest.approx(mean)
     assert diff["test_accuracy_std"] == pytest.approx(std)
@@ -86,11 +86,11 @@ def test_summary_has_means_stds_intervals_and_the_paired_test() -> None:
     assert diff["test_accuracy_p_value"] == pytest.approx(t_df2_two_sided_p(t))
     assert diff["test_loss"] == pytest.approx(-0.09)
     assert 0 < diff["test_loss_p_value"] < 1
-    table = evaluate.accuracy_table(metrics)
+    table = evaluate.accuracy_table(statistics)
     assert "| bn | 3 | 97.00 | 1.00 | 94.52 to 99.48 | | 0.2000 |" in table
     assert f"| bn - nobn | 3 | +2.67 | 1.53 | {100 * (mean - half):+.2f} to " in table
     assert f"| {diff['test_accuracy_p_value']:.2g} | -0.0900 |" in table
-    assert evaluate.compared(metrics) == {
+    assert evaluate.compared(statistics) == {
         "bn": {"acc": pytest.approx(0.97)},
         "nobn": {"acc": pytest.approx(0.9433333)},
         "gain": {"acc": pytest.approx(mean), "p": diff["test_accuracy_p_value"]},
@@ -98,15 +98,15 @@ def test_summary_has_means_stds_intervals_and_the_paired_test() -> None:
 
 
 def test_one_seed_has_no_spread_interval_or_p_value() -> None:
-    metrics = evaluate.summarize({"bn": {0: e(0.98, 0.1)}, "nobn": {0: e(0.95, 0.2)}})
-    for entry in (metrics["bn"], metrics["bn_minus_nobn"]):
+    statistics = evaluate.summarize({"bn": {0: e(0.98, 0.1)}, "nobn": {0: e(0.95, 0.2)}})
+    for entry in (statistics["bn"], statistics["bn_minus_nobn"]):
         assert entry["seeds"] == 1
         assert entry["test_accuracy_std"] is None and entry["test_accuracy_ci95"] is None
-    assert metrics["bn_minus_nobn"]["test_accuracy"] == pytest.approx(0.03)
-    assert metrics["bn_minus_nobn"]["test_accuracy_p_value"] is None
-    assert "| bn - nobn | 1 | +3.00 | - | - | - | -0.1000 |" in evaluate.accuracy_table(metrics)
-    assert evaluate.compared(metrics)["gain"] == {"acc": pytest.approx(0.03), "p": None}
-    parent = evaluate.parent_metrics(metrics, "bn")
+    assert statistics["bn_minus_nobn"]["test_accuracy"] == pytest.approx(0.03)
+    assert statistics["bn_minus_nobn"]["test_accuracy_p_value"] is None
+    assert "| bn - nobn | 1 | +3.00 | - | - | - | -0.1000 |" in evaluate.accuracy_table(statistics)
+    assert evaluate.compared(statistics)["gain"] == {"acc": pytest.approx(0.03), "p": None}
+    parent = evaluate.parent_metrics(statistics, "bn")
     assert parent == {
         "eval/bn/test_accuracy": 0.98,
         "eval/bn/test_loss": 0.1,
@@ -132,54 +132,54 @@ def test_checkpoints_are_ordered_by_seed_number(tmp_path: Path) -> None:
 
 
 def test_stage_metrics_match_a_fresh_evaluation(reported: Path) -> None:
-    metrics = json.loads((reported / paths.STATISTICS_FILE).read_text())
-    assert json.loads((reported / paths.METRICS_FILE).read_text()) == evaluate.compared(metrics)
+    statistics = json.loads((reported / paths.STATISTICS_FILE).read_text())
+    assert json.loads((reported / paths.METRICS_FILE).read_text()) == evaluate.compared(statistics)
     images, labels = load_split(reported / paths.RAW_DIR, train=False)
     for variant in ("bn", "nobn"):
         for seed, path in checkpoints_of(reported / paths.MODELS_DIR / variant).items():
             model, _ = load_checkpoint(path)
             accuracy = (model(scale_images(images)).argmax(1) == labels).float().mean().item()
-            assert metrics[variant]["per_seed"][str(seed)]["test_accuracy"] == pytest.approx(
+            assert statistics[variant]["per_seed"][str(seed)]["test_accuracy"] == pytest.approx(
                 accuracy
             )
     details = json.loads((reported / paths.EVALUATION_FILE).read_text())
     confusion = details["bn"]["0"]["confusion"]
     assert sum(map(sum, confusion)) == len(labels)
     assert sum(confusion[k][k] for k in range(10)) / len(labels) == pytest.approx(
-        metrics["bn"]["per_seed"]["0"]["test_accuracy"]
+        statistics["bn"]["per_seed"]["0"]["test_accuracy"]
     )
     table = (reported / paths.ACCURACY_TABLE).read_text()
-    assert f"| nobn | 2 | {100 * metrics['nobn']['test_accuracy']:.2f} |" in table
+    assert f"| nobn | 2 | {100 * statistics['nobn']['test_accuracy']:.2f} |" in table
 
 
 def test_final_training_accuracy_equals_evaluation(reported: Path) -> None:
-    metrics = json.loads((reported / paths.STATISTICS_FILE).read_text())
+    statistics = json.loads((reported / paths.STATISTICS_FILE).read_text())
     for variant in ("bn", "nobn"):
         history = json.loads((reported / paths.MODELS_DIR / variant / "history.json").read_text())
         for seed, rows in history.items():
-            assert metrics[variant]["per_seed"][seed]["test_accuracy"] == pytest.approx(
+            assert statistics[variant]["per_seed"][seed]["test_accuracy"] == pytest.approx(
                 rows[-1]["test_accuracy"]
             )
 
 
 def test_evaluation_lands_in_each_training_run(reported: Path, client) -> None:
     runs = json.loads((reported / paths.MODELS_DIR / "nobn" / paths.RUNS_NAME).read_text())
-    metrics = json.loads((reported / paths.STATISTICS_FILE).read_text())
+    statistics = json.loads((reported / paths.STATISTICS_FILE).read_text())
     for seed, entry in runs["runs"].items():
         run = client.get_run(entry["run_id"])
         assert run.info.status == "FINISHED"
         assert run.data.metrics["eval/test_accuracy"] == pytest.approx(
-            metrics["nobn"]["per_seed"][seed]["test_accuracy"]
+            statistics["nobn"]["per_seed"][seed]["test_accuracy"]
         )
         assert "eval/class_9_accuracy" in run.data.metrics
         path = client.download_artifacts(entry["run_id"], "evaluation/confusion_matrix.json")
         assert len(json.loads(Path(path).read_text())) == 10
     parent = client.get_run(runs["parent_run_id"]).data.metrics
-    low, high = metrics["nobn"]["test_accuracy_ci95"]
-    assert parent["eval/nobn/test_accuracy"] == pytest.approx(metrics["nobn"]["test_accuracy"])
+    low, high = statistics["nobn"]["test_accuracy_ci95"]
+    assert parent["eval/nobn/test_accuracy"] == pytest.approx(statistics["nobn"]["test_accuracy"])
     assert parent["eval/nobn/test_accuracy_ci95_low"] == pytest.approx(low)
     assert parent["eval/nobn/test_accuracy_ci95_high"] == pytest.approx(high)
-    diff = metrics["bn_minus_nobn"]
+    diff = statistics["bn_minus_nobn"]
     assert parent["eval/bn_minus_nobn/test_accuracy"] == pytest.approx(diff["test_accuracy"])
     if diff["test_accuracy_p_value"] is not None:
         assert parent["eval/bn_minus_nobn/test_accuracy_p_value"] == pytest.approx(

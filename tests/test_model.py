@@ -85,7 +85,7 @@ def test_stack_then_unstack_gives_back_each_model(batchnorm: bool) -> None:
 def test_stacked_forward_is_each_models_forward(batchnorm: bool, training: bool) -> None:
     # One forward pass each, in float64: the stacked and the plain model add
     # in other orders (batched against plain matmuls), which float32 would
-    # show at ~1e-7; float64 keeps that ~1e-16, under assert_close's 1e-7.
+    # show at ~1e-7; float64 keeps that to ~1e-15 on values of order 1.
     models = [m.double() for m in seeded_models([0, 1, 2], depth=4, width=16, bn=batchnorm)]
     stacked = stack(models).double().train(training)
     for m in models:
@@ -96,12 +96,14 @@ def test_stacked_forward_is_each_models_forward(batchnorm: bool, training: bool)
     assert [tuple(a.shape) for a in activations] == [(3, 16, 10)] * 4  # (K, width, B)
     for k, model in enumerate(models):
         expected, expected_activations = model.forward_with_activations(x[k])
-        torch.testing.assert_close(logits[k], expected)
-        torch.testing.assert_close(activations[-1][k].t(), expected_activations[-1])
+        torch.testing.assert_close(logits[k], expected, rtol=0, atol=1e-12)
+        torch.testing.assert_close(
+            activations[-1][k].t(), expected_activations[-1], rtol=0, atol=1e-12
+        )
     if batchnorm and training:  # each seed's running statistics moved as its own module's did
         for k, model in enumerate(models):
             torch.testing.assert_close(stacked.hidden[2][1].running_mean[k],
-                                       model.hidden[2][1].running_mean)  # fmt: skip
+                                       model.hidden[2][1].running_mean, rtol=0, atol=1e-12)  # fmt: skip
         assert int(stacked.hidden[0][1].num_batches_tracked) == 1
 
 
@@ -112,7 +114,7 @@ def test_shared_images_give_every_seed_its_own_logits() -> None:
     logits = stacked(x)
     assert logits.shape == (2, 6, 10)
     for k, model in enumerate(models):
-        torch.testing.assert_close(logits[k], model.eval()(x))
+        torch.testing.assert_close(logits[k], model.eval()(x), rtol=0, atol=1e-12)
 
 
 def test_stacking_models_of_different_shapes_is_refused() -> None:

@@ -233,6 +233,55 @@ def test_a_run_the_stage_never_ended_is_killed_by_the_helper(tmp_path: Path) -> 
     assert logged.data.tags["failure_reason"] == "the stage stopped before ending its run"
 
 
+def test_a_stage_killed_in_the_middle_of_a_request_leaves_no_run_running(tmp_path: Path) -> None:
+    # SIGKILL while sending (a model's request can outgrow the pipe): the
+    # helper reads half a message, then the end of its input.
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = tracking.Tracker(uri, "stage-test")
+    run = tracking.RemoteRun(tracker, 0, tracker.start_run(0, "e", "r", {}, {}, None))
+    run_id = run.run_id
+    os.write(tracker.requests.fileno(), (1000).to_bytes(4, "big") + b"\x80\x05cut")
+    tracker.requests.close()
+    assert tracker.process.wait(timeout=60) == 0
+    assert MlflowClient(uri).get_run(run_id).info.status == "KILLED"
+
+
+def test_ctrl_c_reaches_the_stage_not_its_helper(tmp_path: Path) -> None:
+    # A terminal's Ctrl-C goes to the foreground process group: the helper
+    # has its own, and ignores SIGINT besides, from its start (MLflow's import).
+    import signal
+
+    tracker = tracking.Tracker(f"sqlite:///{tmp_path}/mlflow.db", "stage-test")
+    assert os.getpgid(tracker.process.pid) != os.getpgid(0)
+    time.sleep(0.3)  # started, still importing MLflow
+    tracker.process.send_signal(signal.SIGINT)
+    with tracker:
+        assert tracker.caught_up().result() is None
+    assert tracker.process.returncode == 0
+
+
+def test_an_unexpected_error_in_the_helper_fails_the_run_by_name(tmp_path: Path) -> None:
+    # Neither MLflow's nor ours (a metric that is no number): named, never a
+    # crash of the helper that would leave the run RUNNING.
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.errors import PipelineError
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    with (
+        pytest.raises(PipelineError, match=r"^MLflow \(log_epoch\): ValueError: could not convert"),
+        tracking.Tracker(uri, "stage-test") as tracker,
+        tracker.run("e", "r", {}, {}) as run,
+    ):
+        run.log_epoch(1, {"loss": "not a number"})
+        tracker.caught_up().result()
+    logged = MlflowClient(uri).get_run(run.run_id)
+    assert logged.info.status == "FAILED"
+    assert logged.data.tags["failure_reason"].startswith("MLflow (log_epoch): ValueError")
+
+
 def test_the_tracker_never_creates_a_store_to_log_to_a_run(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     with tracking.Tracker(uri, "stage-test") as tracker:

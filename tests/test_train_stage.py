@@ -197,6 +197,11 @@ def test_auto_device_is_cpu_here_and_a_missing_device_is_refused() -> None:
 
 
 def test_same_params_give_bit_identical_checkpoints(workspace: Path, tmp_path: Path) -> None:
+    # On one machine and kernel set: the same kernels on the same numbers.
+    # Training switches from one thread to all (CoresForTheHelper) at a batch
+    # that depends on timing; at these sizes the kernels split their work
+    # between threads without splitting a sum (seen: one and two threads give
+    # the same bits for the seed network), which this test would catch if not.
     run_stages(tmp_path, ["train_bn"])
     for seed in SEEDS:
         again, _ = load_checkpoint(tmp_path / paths.MODELS_DIR / "bn" / f"seed{seed}.pt")

@@ -11,7 +11,7 @@ import pytest
 
 from pipeline import paths
 from pipeline.errors import PipelineError
-from pipeline.report import comparison, figures, post
+from pipeline.report import comparison, figures, original_post
 
 from .conftest import run_stages
 
@@ -201,12 +201,14 @@ def test_one_seed_says_why_there_is_no_interval() -> None:
     line = comparison.headline(statistics, epochs=3)
     assert line.startswith("BatchNorm changes test accuracy by -1.00 points (one seed: a "
                            "confidence interval and a p-value need at least two")  # fmt: skip
-    _, verdict = post.reproduction(statistics)
+    _, verdict = original_post.reproduction(statistics)
     assert len(verdict) == 1 and "with one seed there is no spread" in verdict[0].lower()
 
 
 def test_the_posts_loss_is_converted_to_a_mean_per_image() -> None:
-    mean, low, high = post.post_loss_per_image("bn")  # printed 0.0012: sums 157 batch means
+    mean, low, high = original_post.post_loss_per_image(
+        "bn"
+    )  # printed 0.0012: sums 157 batch means
     assert mean == pytest.approx(0.0012 * 10000 / 157)
     assert low == pytest.approx(0.00115 * 10000 / 157) and high == pytest.approx(
         0.00125 * 10000 / 157
@@ -216,7 +218,7 @@ def test_the_posts_loss_is_converted_to_a_mean_per_image() -> None:
 def test_the_verdict_follows_the_numbers() -> None:
     # Close to the post (97.83 / 95.98): both single runs plausible, gain within reach.
     near = statistics_of([0.976, 0.979, 0.977, 0.9785, 0.975], [0.962, 0.958, 0.961, 0.96, 0.963])
-    table, verdict = post.reproduction(near)
+    table, verdict = original_post.reproduction(near)
     assert [row[0] for row in table.rows][:3] == [
         "with BatchNorm", "without BatchNorm", "gain (bn - nobn)",
     ]  # fmt: skip
@@ -228,7 +230,7 @@ def test_the_verdict_follows_the_numbers() -> None:
     assert "BatchNorm helps here" in verdict[-1]
     # Far from it: every seed far above the post without BatchNorm, no gain at all.
     far = statistics_of([0.981, 0.982, 0.980, 0.9815], [0.980, 0.9825, 0.9805, 0.981], (0.03, 0.15))
-    _, verdict = post.reproduction(far)
+    _, verdict = original_post.reproduction(far)
     assert "95.98% without BatchNorm is outside" in verdict[1]
     assert "inside but for the one with BatchNorm, which is outside" in verdict[2]
     assert "+1.85 points is outside the 95% CI of the mean gain" in verdict[3]

@@ -9,11 +9,13 @@ seed's mean cross-entropy, summed over seeds so that each seed's parameters
 get exactly the gradient of its own loss). It calls the ATen kernels that
 autograd calls for `stacked_loss(model(x), y).sum().backward()`, with the same
 arguments and in the same order, and writes each gradient straight into its
-`.grad`. So on the CPU the gradients, running statistics and losses are
-bit-identical to autograd's by construction: the same kernels on the same
-numbers, whichever kernel set (ATEN_CPU_CAPABILITY) the CPU runs
-(tests/test_backprop.py holds it to that, in float32 and float64). A
-training step takes about two thirds of autograd's time.
+`.grad`. So the gradients, running statistics and losses are autograd's up
+to rounding: the same kernels on the same numbers, though not always in the
+same memory layout (a gradient written into its `.grad` view, where autograd
+makes a new tensor), which can take another BLAS path. On the CPUs tried,
+float32 results were bit-identical; tests/test_backprop.py holds them to
+autograd's within stated rounding bounds, in float32 and float64. A training
+step takes about two thirds of autograd's time.
 """
 
 from __future__ import annotations

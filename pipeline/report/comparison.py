@@ -11,7 +11,7 @@ from typing import Any
 
 from pipeline.report.document import Block, Heading, Image, Paragraph, Table
 from pipeline.report.figures import LABELS, History
-from pipeline.report.post import (
+from pipeline.report.original_post import (
     POST_AVERAGE_LOSS,
     POST_CORRECT,
     POST_TEST_BATCHES,

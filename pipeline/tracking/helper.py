@@ -32,7 +32,6 @@ from pipeline.tracking.store import prepare_experiment, sqlite_path
 
 if TYPE_CHECKING:
     import numpy as np
-    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
 log = logging.getLogger("tracking")
@@ -234,26 +233,39 @@ class Helper:
         return self.runs[handle][0]
 
 
-def describe(
-    err: MlflowException | PipelineError | OSError,
-    op: str,
-    request: Mapping[str, Any],
-    uri: str,
-    experiment: str,
-) -> str:
-    """The one line that reports a failed request: for a refusal (401, or
-    the auth app's 403), access.py's, naming the experiment."""
+def describe(err: Exception, op: str, request: Mapping[str, Any], uri: str, experiment: str) -> str:
+    """The one line that reports a failed request (`op`, its arguments by
+    name): for a refusal (401, or the auth app's 403), access.py's, naming
+    the experiment."""
     from mlflow.exceptions import MlflowException
 
     if isinstance(err, PipelineError):
         return str(err)
-    if not isinstance(err, MlflowException):
+    if isinstance(err, OSError):
         return f"MLflow ({op}): {err}"
+    if not isinstance(err, MlflowException):  # a bug, or a library's: say which
+        return f"MLflow ({op}): {type(err).__name__}: {err}"
     if op == "log_to_run":  # a recorded run, perhaps of another experiment
         what = f"the experiment of run {request['run_id']}"
     else:  # the stage's runs are all in its experiment
         what = f"experiment {request.get('experiment') or experiment!r}"
     return str(access.explained(err, uri, what) or f"MLflow ({op}): {err.message}")
+
+
+def arguments(helper: Helper, method: str, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """A request's arguments by name (none for a method the helper lacks)."""
+    with contextlib.suppress(AttributeError, TypeError):
+        return dict(inspect.signature(getattr(helper, method)).bind(*args, **kwargs).arguments)
+    return {}
+
+
+def next_request(requests: Connection) -> tuple[str, tuple, dict] | None:
+    """The next (method, args, kwargs); None at the end of the requests: the
+    stage closed them, or died, perhaps in the middle of one."""
+    try:
+        return pickle.loads(requests.recv_bytes())
+    except (EOFError, OSError, pickle.UnpicklingError, ValueError):
+        return None
 
 
 def serve(requests: Connection, replies: Connection) -> int:
@@ -262,32 +274,39 @@ def serve(requests: Connection, replies: Connection) -> int:
     its line. At the end of the requests (the stage closed them, or died),
     runs left open end FAILED after such a failure, KILLED otherwise (nested
     ones first), and a last answer repeats the failure; exit status 1 then."""
-    from mlflow.exceptions import MlflowException
-
-    # Ctrl-C in a terminal reaches the whole process group: the stage decides.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    helper = Helper(*pickle.loads(requests.recv_bytes()))
+    start = next_request(requests)
+    if start is None:
+        return 0
+    helper = Helper(*start)
     failure: str | None = None
-    with contextlib.suppress(EOFError, BrokenPipeError):  # the stage closed its end, or died
-        while True:
-            method, args, kwargs = pickle.loads(requests.recv_bytes())
-            result, call = None, getattr(helper, method)
-            try:
-                result = None if failure else call(*args, **kwargs)
-            except (MlflowException, PipelineError, OSError) as err:
-                request = inspect.signature(call).bind(*args, **kwargs).arguments
-                failure = describe(err, method, request, helper.uri, helper.experiment)
+    try:
+        while (request := next_request(requests)) is not None:
+            method, args, kwargs = request
+            result = None
+            if failure is None:
+                try:
+                    result = getattr(helper, method)(*args, **kwargs)
+                except Exception as err:  # every failure ends the stage's tracking, named
+                    request = arguments(helper, method, args, kwargs)
+                    failure = describe(err, method, request, helper.uri, helper.experiment)
             replies.send_bytes(pickle.dumps((result, failure)))
-    for handle in reversed(list(helper.runs)):
-        helper.end_run(handle, "FAILED" if failure else "KILLED",
-                       failure or "the stage stopped before ending its run")  # fmt: skip
-    with contextlib.suppress(BrokenPipeError):
+    except OSError:  # the stage is gone and reads no answer
+        pass
+    finally:
+        for handle in reversed(list(helper.runs)):
+            helper.end_run(handle, "FAILED" if failure else "KILLED",
+                           failure or "the stage stopped before ending its run")  # fmt: skip
+    with contextlib.suppress(OSError):
         replies.send_bytes(pickle.dumps((None, failure)))
     return 1 if failure else 0
 
 
 def main() -> None:
-    """`python -m pipeline.tracking`, as a Tracker starts it."""
+    """`python -m pipeline.tracking`, as a Tracker starts it (in a process
+    group of its own, so that Ctrl-C in a terminal reaches only the stage)."""
+    # Ignored also when sent to this process alone: the stage decides, and
+    # ends the runs through its requests.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_logging()
     requests = Connection(sys.stdin.fileno(), writable=False)
     # Answers get stdout to themselves: whatever else prints there (MLflow

@@ -8,8 +8,10 @@ import functools
 import itertools
 import logging
 import pickle
+import signal
 import subprocess
 import sys
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from multiprocessing.connection import Pipe
@@ -20,6 +22,8 @@ from pipeline.tracking.helper import Helper
 from pipeline.tracking.store import check_reachable, is_server
 
 log = logging.getLogger("tracking")
+
+STOP_SECONDS = 30  # for the helper to end the open runs and exit, after an error
 
 
 class Reply:
@@ -74,14 +78,19 @@ class Tracker:
         stdin, self.requests = Pipe(duplex=False)
         self.replies, stdout = Pipe(duplex=False)
         command = [sys.executable, "-m", "pipeline.tracking"]
-        self.process = subprocess.Popen(command, stdin=stdin.fileno(), stdout=stdout.fileno())
+        # A process group of its own: Ctrl-C in a terminal, or a signal to the
+        # stage's group, reaches only the stage, which ends the runs; the
+        # helper stops when its input closes (the stage's death included).
+        self.process = subprocess.Popen(
+            command, stdin=stdin.fileno(), stdout=stdout.fileno(), process_group=0
+        )
         stdin.close()
         stdout.close()
         self.pending: deque[Reply] = deque()  # sent, not yet answered
         self.failure: str | None = None  # the helper's, once it answered with one
         self.opened_run = False  # whether the helper may have a run to end
         self.handles = itertools.count()
-        self.requests.send_bytes(pickle.dumps((uri, experiment)))
+        self._send((uri, experiment))
         if is_server(uri):
             try:
                 self.check_access().result()
@@ -141,7 +150,8 @@ class Tracker:
         self.requests.close()  # the end of the helper's input: it answers the rest, exits
         while self._receive(wait=True, at_end=True):
             pass
-        if self.failure is not None or self.process.wait() != 0:
+        self.replies.close()
+        if self.failure is not None or self._reap() != 0:
             self._failed()
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Reply:
@@ -151,23 +161,29 @@ class Tracker:
             pass
         if self.failure is not None:
             raise PipelineError(self.failure)
-        # Plain pickle, not Connection.send's ForkingPickler: torch registers
-        # reducers there that share tensors through file descriptors.
-        try:
-            self.requests.send_bytes(pickle.dumps((method, args, kwargs)))
-        except OSError:  # the helper is gone
-            self._failed()
+        self._send((method, args, kwargs))
         self.pending.append(Reply(self))
         return self.pending[-1]
+
+    def _send(self, message: tuple) -> None:
+        # Plain pickle, not Connection.send's ForkingPickler: torch registers
+        # reducers there that share tensors through file descriptors.
+        data = pickle.dumps(message)
+        try:
+            with whole_messages():
+                self.requests.send_bytes(data)
+        except OSError:  # the helper is gone
+            self._failed()
 
     def _receive(self, wait: bool, at_end: bool = False) -> bool:
         """Read the helper's next answer into the oldest pending Reply (or,
         none pending, its last word); without `wait`, only if it is there.
         Whether one was read; at the end of its output, False if `at_end`."""
-        if not wait and not self.replies.poll(0):
+        if not self.replies.poll(None if wait else 0):  # a signal may end the wait
             return False
         try:
-            value, failure = pickle.loads(self.replies.recv_bytes())
+            with whole_messages():
+                value, failure = pickle.loads(self.replies.recv_bytes())
         except EOFError:
             if at_end:
                 return False
@@ -179,7 +195,7 @@ class Tracker:
         return True
 
     def _failed(self) -> NoReturn:
-        status = self.process.wait()
+        status = self._reap()
         stopped = f"the MLflow helper for {self.uri} stopped (exit status {status}); see above"
         raise PipelineError(self.failure or stopped)
 
@@ -188,14 +204,35 @@ class Tracker:
         if not self.opened_run:  # nothing to end: do not wait for its imports
             self.process.kill()
         self.requests.close()  # the helper ends the open runs, then exits
+        # Read its answers meanwhile (a full pipe would stall it), for 30 s at most.
+        deadline = time.monotonic() + STOP_SECONDS
+        with contextlib.suppress(Exception):  # its failure; unreadable after a cut read
+            while self.replies.poll(max(0.0, deadline - time.monotonic())):
+                if not self._receive(wait=False, at_end=True):
+                    break
+        self.replies.close()
+        self._reap(timeout=max(0.0, deadline - time.monotonic()))
+
+    def _reap(self, timeout: float = STOP_SECONDS) -> int:
+        """The helper's exit status, once it exited; killed if it takes longer."""
         try:
-            self.process.wait(timeout=30)
+            return self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.process.kill()
-            self.process.wait()
-        with contextlib.suppress(Exception):  # its failure; unreadable after a cut read
-            while self._receive(wait=True, at_end=True):
-                pass
+            return self.process.wait()
+
+
+@contextlib.contextmanager
+def whole_messages() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait until a message is sent or read whole: one cut
+    in the middle would leave the pipe out of step. (Waiting for an answer
+    stays interruptible: that is `poll`, outside.)"""
+    signals = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 class RemoteRun:
