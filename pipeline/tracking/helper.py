@@ -287,8 +287,8 @@ def serve(requests: Connection, replies: Connection) -> int:
                 try:
                     result = getattr(helper, method)(*args, **kwargs)
                 except Exception as err:  # every failure ends the stage's tracking, named
-                    request = arguments(helper, method, args, kwargs)
-                    failure = describe(err, method, request, helper.uri, helper.experiment)
+                    named = arguments(helper, method, args, kwargs)
+                    failure = describe(err, method, named, helper.uri, helper.experiment)
             replies.send_bytes(pickle.dumps((result, failure)))
     except OSError:  # the stage is gone and reads no answer
         pass

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
 import subprocess
 import urllib.error
 import urllib.request
@@ -25,8 +24,6 @@ from filelock import FileLock
 from pipeline.errors import PipelineError
 from pipeline.files import read_json
 from pipeline.tracking import access
-
-log = logging.getLogger("tracking")
 
 STORE_NAME = "mlflow.db"
 ARTIFACTS_NAME = "mlruns"

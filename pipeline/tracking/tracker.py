@@ -99,9 +99,7 @@ class Tracker:
                 raise
 
     def __getattr__(self, name: str) -> Callable[..., Reply]:
-        if name.startswith("_") or not callable(getattr(Helper, name, None)):
-            raise AttributeError(f"Helper has no method {name!r}")
-        return functools.partial(self.call, name)
+        return functools.partial(self.call, helper_method(name))
 
     def __enter__(self) -> Tracker:
         return self
@@ -222,6 +220,13 @@ class Tracker:
             return self.process.wait()
 
 
+def helper_method(name: str) -> str:
+    """`name`, if it is a request the stage may send: a public method of Helper."""
+    if name.startswith("_") or not callable(getattr(Helper, name, None)):
+        raise AttributeError(f"Helper has no method {name!r}")
+    return name
+
+
 @contextlib.contextmanager
 def whole_messages() -> Iterator[None]:
     """Ctrl-C and SIGTERM wait until a message is sent or read whole: one cut
@@ -250,6 +255,4 @@ class RemoteRun:
         return self.started.result()[1]
 
     def __getattr__(self, name: str) -> Callable[..., Reply]:
-        if name.startswith("_") or not callable(getattr(Helper, name, None)):
-            raise AttributeError(f"Helper has no method {name!r}")
-        return functools.partial(self.tracker.call, name, self.handle)
+        return functools.partial(self.tracker.call, helper_method(name), self.handle)
