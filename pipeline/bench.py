@@ -18,11 +18,16 @@ project loops train one seed (a stack of one) unless said otherwise. Each
 loop runs at its best thread count on a CPU: one thread for the one-seed
 loops (two only add synchronisation to such small layers), and for the
 stacked seeds what train.cpu_threads gives the train stage.
-It prints each epoch, the medians and ratios; the last line is JSON.
+Then the price of one training step of the stacked seeds, as the train
+stage pays it (diagnostics on, its thread count, its epoch loop), for both
+variants at several batch sizes (--step-batch-sizes, and train.batch_size),
+`--steps` steps per round, rounds interleaved.
+It prints each epoch and round, the medians and ratios; the last line is JSON.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import statistics
@@ -38,7 +43,14 @@ from pipeline.data.mnist import load_mnist, to_device
 from pipeline.nn.cuda_graph import CudaGraphStep
 from pipeline.nn.device import configure_threads, select_device
 from pipeline.nn.model import VARIANTS, DeepMLP
-from pipeline.nn.training import evaluate, initial_model, make_optimizer, train_epoch, training_step
+from pipeline.nn.training import (
+    batch_starts,
+    evaluate,
+    initial_model,
+    make_optimizer,
+    train_epoch,
+    training_step,
+)
 from pipeline.params import load_params
 
 log = logging.getLogger("bench")
@@ -94,6 +106,21 @@ def compare(times: dict[str, list[float]]) -> dict[str, float]:
     return result
 
 
+def step_prices(times: dict[tuple[str, int], list[float]], batch_size: int) -> dict:
+    """Median milliseconds per step by variant and batch size, from each
+    round's seconds per step, and BatchNorm's step over the other's at
+    `batch_size` (the train stage's)."""
+    ms = {key: round(1000 * statistics.median(rounds), 3) for key, rounds in times.items()}
+    result = {
+        "stacked_step_ms": {
+            variant: {str(batch): value for (v, batch), value in ms.items() if v == variant}
+            for variant in VARIANTS
+        }
+    }
+    result["bn_over_nobn"] = round(ms["bn", batch_size] / ms["nobn", batch_size], 3)
+    return result
+
+
 def timed(run: Callable[[], None], device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -111,6 +138,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5, help="epochs per loop (default 5)")
     parser.add_argument("--seeds", type=int, default=None,
                         help="seeds in the stacked loop (default: len(train.seeds))")  # fmt: skip
+    parser.add_argument("--step-batch-sizes", type=int, nargs="+", default=[16, 64],
+                        help="batch sizes of the step prices (default 16 64; "
+                             "train.batch_size is always one)")  # fmt: skip
+    parser.add_argument("--steps", type=int, default=100,
+                        help="training steps per round of the step prices (default 100)")  # fmt: skip
     args = parser.parse_args(argv)
     params = load_params(args.params)
     seeds = args.seeds or len(params.train.seeds)
@@ -159,6 +191,20 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         return epoch
 
+    def stacked_steps(batchnorm: bool, batch: int) -> tuple[Callable[[], None], int]:
+        """`--steps` training steps of the stacked seeds as the train stage
+        takes them (its epoch loop over the first batch x steps training
+        images, diagnostics on; a CUDA graph on CUDA), and how many steps."""
+        model = initial_model(depth, width, batchnorm, list(range(seeds))).to(device)
+        graph = device.type == "cuda"
+        optimizer = make_optimizer(model, t.lr, t.betas, t.eps, t.weight_decay, graph)
+        x, y = data.train_x[: batch * args.steps], data.train_y[: batch * args.steps]
+        step = training_step(model, optimizer, x, y)
+        graphed = CudaGraphStep(step, model, optimizer, batch, device) if graph else None
+        generators = [torch.Generator().manual_seed(seed) for seed in range(seeds)]
+        loop = functools.partial(train_epoch, model, step, x, batch, generators, None, graphed)
+        return loop, len(batch_starts(len(x), batch))
+
     base_model, base_opt = classic_model()
     loops = {
         "baseline": lambda: classic_epoch(base_model, base_opt, train_loader, test_loader, device),
@@ -180,15 +226,31 @@ def main(argv: Sequence[str] | None = None) -> None:
             times[name].append(timed(loop, device))
             log.info("round %d %-24s %.2f s", round_number, name, times[name][-1])
     torch.set_num_threads(seeds_threads)
-    result = {
-        "device": str(device),
-        "variant": args.variant,
-        "batch_size": batch_size,
-        "threads_one_seed": one_seed_threads,
-        "threads_seeds": seeds_threads,
-        "seeds": seeds,
-        "repeats": args.repeats,
-    } | compare(times)
+    step_batches = sorted(set(args.step_batch_sizes) | {batch_size})
+    step_loops = {
+        (variant, batch): stacked_steps(VARIANTS[variant], batch)
+        for batch in step_batches
+        for variant in VARIANTS
+    }
+    step_times: dict[tuple[str, int], list[float]] = {key: [] for key in step_loops}
+    for round_number in range(1, args.repeats + 1):
+        for (variant, batch), (loop, steps) in step_loops.items():
+            step_times[variant, batch].append(timed(loop, device) / steps)
+            log.info("round %d %s step, batch %d: %.3f ms", round_number, variant, batch,
+                     1000 * step_times[variant, batch][-1])  # fmt: skip
+    result = (
+        {
+            "device": str(device),
+            "variant": args.variant,
+            "batch_size": batch_size,
+            "threads_one_seed": one_seed_threads,
+            "threads_seeds": seeds_threads,
+            "seeds": seeds,
+            "repeats": args.repeats,
+        }
+        | compare(times)
+        | step_prices(step_times, batch_size)
+    )
     baseline, project_s = result["baseline_epoch_s"], result["project_epoch_s"]
     print(f"baseline (DataLoader) median {baseline:.2f} s/epoch")
     print(f"project loop          median {project_s:.2f} s/epoch  speedup x{result['speedup']}")
@@ -197,6 +259,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"diagnostics overhead  {100 * result['diagnostics_overhead']:+.1f}%")
     print(f"{seeds} stacked seeds       median {result['project_seeds_epoch_s']:.2f} s/epoch  "
           f"x{result['seeds_ratio']} one seed's epoch")  # fmt: skip
+    for variant, prices in result["stacked_step_ms"].items():
+        listed = ", ".join(f"batch {batch} {ms:.2f} ms" for batch, ms in prices.items())
+        print(f"{seeds} stacked seeds' step, {variant}: {listed}")
+    print(f"BatchNorm's step / the other's at batch {batch_size}: x{result['bn_over_nobn']}")
     if "cuda_graph_epoch_s" in result:
         print(f"CUDA graph loop       median {result['cuda_graph_epoch_s']:.2f} s/epoch  "
               f"speedup x{result['cuda_graph_speedup']}")  # fmt: skip

@@ -24,7 +24,7 @@ def test_bench_prints_medians_and_ratio_as_json_last(
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
     threads = torch.get_num_threads()  # what train.cpu_threads: 0 keeps
-    bench.main(["--repeats", "2", "--seeds", "3"])
+    bench.main(["--repeats", "2", "--seeds", "3", "--step-batch-sizes", "8", "--steps", "3"])
     assert torch.get_num_threads() == threads  # put back
     lines = capsys.readouterr().out.strip().splitlines()
     result = json.loads(lines[-1])
@@ -38,6 +38,12 @@ def test_bench_prints_medians_and_ratio_as_json_last(
         result
     )
     assert any(line.startswith("3 stacked seeds") for line in lines)
+    # the step prices: both variants at the asked batch size and the train stage's
+    assert set(result["stacked_step_ms"]) == {"bn", "nobn"}
+    for prices in result["stacked_step_ms"].values():
+        assert set(prices) == {"8", "16"} and all(ms > 0 for ms in prices.values())
+    steps = result["stacked_step_ms"]
+    assert result["bn_over_nobn"] == pytest.approx(steps["bn"]["16"] / steps["nobn"]["16"], 1e-2)
     assert lines[0].startswith("baseline (DataLoader) median")
 
 
@@ -59,4 +65,17 @@ def test_compare_takes_medians_and_ratios() -> None:
         "diagnostics_overhead": 0.053,
         "project_seeds_epoch_s": 4.5,
         "seeds_ratio": 2.25,
+    }
+
+
+def test_step_prices_are_medians_per_variant_and_batch() -> None:
+    times = {  # seconds per step, per round
+        ("bn", 16): [0.0020, 0.0030, 0.0021],
+        ("nobn", 16): [0.0015, 0.0014, 0.0016],
+        ("bn", 64): [0.0040, 0.0042, 0.0041],
+        ("nobn", 64): [0.0030, 0.0031, 0.0100],  # a slow round: the median ignores it
+    }
+    assert bench.step_prices(times, 64) == {
+        "stacked_step_ms": {"bn": {"16": 2.1, "64": 4.1}, "nobn": {"16": 1.5, "64": 3.1}},
+        "bn_over_nobn": 1.323,
     }

@@ -7,15 +7,23 @@ written out for the one architecture the project trains (blocks of
 StackedLinear -> [StackedBatchNorm] -> ReLU, a StackedLinear head, each
 seed's mean cross-entropy, summed over seeds so that each seed's parameters
 get exactly the gradient of its own loss). It calls the ATen kernels that
-autograd calls for `stacked_loss(model(x), y).sum().backward()`, with the same
-arguments and in the same order, and writes each gradient straight into its
-`.grad`. So the gradients, running statistics and losses are autograd's up
-to rounding: the same kernels on the same numbers, though not always in the
-same memory layout (a gradient written into its `.grad` view, where autograd
-makes a new tensor), which can take another BLAS path. On the CPUs tried,
-float32 results were bit-identical; tests/test_backprop.py holds them to
-autograd's within stated rounding bounds, in float32 and float64. A training
-step takes about two thirds of autograd's time.
+autograd calls for `stacked_loss(model(x), y).sum().backward()` on the same
+numbers, and writes each gradient straight into its `.grad`.
+
+A step pays a few microseconds per kernel call whatever the call computes,
+so calls that do not depend on each other are merged: each hidden layer
+writes its output and its delta (the loss gradient at its Linear's output)
+into one block for all layers (`Scratch`), and after the backward pass one
+batched matmul gives every hidden weight gradient but the first layer's, one
+sum every hidden bias gradient, one copy each BatchNorm's weight and bias
+gradients, straight into the grouped `.grad` buffers (pipeline/nn/flat.py).
+Only what depends on the layer before (the forward matmul, BatchNorm,
+ReLU, and the backward's matmul to the layer's input) stays per layer.
+
+The results are autograd's up to rounding: the same kernels, though a
+matmul in a larger batch or a result written into a view can take another
+BLAS path. tests/test_backprop.py holds them to autograd's within stated
+rounding bounds, in float32 and float64.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pipeline.nn.flat import joined
 from pipeline.nn.model import CLASSES, StackedBatchNorm, StackedLinear, StackedMLP
 
 aten = torch.ops.aten
@@ -53,37 +62,6 @@ class Block:
     norm: StackedBatchNorm | None
 
 
-@dataclass(frozen=True)
-class Views:
-    """A block's tensors in the shapes the kernels take, made once: views
-    of the parameters, buffers and gradients, so they follow in-place updates.
-    Making them per step cost about a tenth of a one-seed step."""
-
-    weight: torch.Tensor  # (K, out, in)
-    weight_t: torch.Tensor  # (K, in, out)
-    bias: torch.Tensor  # (K, out, 1)
-    weight_grad: torch.Tensor
-    bias_grad: torch.Tensor
-    # BatchNorm over (1, K * out, B): weight, bias, running mean and var,
-    # weight and bias gradients, all (K * out,); None without BatchNorm
-    norm: tuple[torch.Tensor, ...] | None
-    norm_eps: float
-    norm_momentum: float
-
-
-def views_of(block: Block) -> Views:
-    linear, n = block.linear, block.norm
-    norm = None
-    if n is not None:
-        tensors = (n.weight, n.bias, n.running_mean, n.running_var, n.weight.grad, n.bias.grad)
-        norm = tuple(t.view(-1) for t in tensors)
-    return Views(
-        linear.weight, linear.weight.transpose(1, 2), linear.bias.unsqueeze(2),
-        linear.weight.grad, linear.bias.grad, norm,
-        n.eps if n is not None else 0.0, n.momentum if n is not None else 0.0,
-    )  # fmt: skip
-
-
 def blocks_of(model: StackedMLP) -> list[Block]:
     """The hidden blocks, checked to be what the hand-written backward pass
     supports; anything else (a changed model) is an error, not a wrong gradient."""
@@ -103,90 +81,138 @@ def blocks_of(model: StackedMLP) -> list[Block]:
     return blocks
 
 
+class Scratch:
+    """What one step at a batch of B images per seed writes besides the
+    gradients, made once per B (a training run sees two: its batch size and
+    the last, partial batch), with the views each layer takes of it:
+      outputs: each hidden block's post-ReLU output, (depth, K, width, B);
+      deltas: the loss gradient at each hidden Linear's output, same shape.
+    Each layer writes its slice; the weight and bias gradients of all hidden
+    layers are then a few calls over these blocks, not a few per layer."""
+
+    def __init__(self, seeds: int, depth: int, width: int, batch: int, like: torch.Tensor) -> None:
+        def empty(*shape: int) -> torch.Tensor:
+            return torch.empty(shape, dtype=like.dtype, device=like.device)
+
+        self.per_image = torch.ones(seeds * batch, dtype=like.dtype, device=like.device) / batch
+        self.outputs = empty(depth, seeds, width, batch)
+        self.deltas = empty(depth, seeds, width, batch)
+        self.output = list(self.outputs.unbind(0))
+        self.delta = list(self.deltas.unbind(0))
+        # all hidden layers but the first: (depth - 1) * K matrices each
+        self.later_deltas = self.deltas[1:].view(-1, width, batch)
+        self.earlier_outputs_t = self.outputs[:-1].view(-1, width, batch).transpose(1, 2)
+
+
 def loss_and_gradients(model: StackedMLP) -> LossAndGradients:
     """A function that runs one training-mode forward pass of `model` on a
     batch per seed, updates the BatchNorm running statistics and counters as
     the modules do, and overwrites every parameter's `.grad` with the gradient
-    of the summed per-seed losses. The `.grad` tensors must exist
-    (make_optimizer creates them); their old contents do not matter."""
+    of the summed per-seed losses. The parameters must have been flattened
+    (make_optimizer does it): their `.grad` tensors exist and lie grouped."""
     blocks = blocks_of(model)
     if any(p.grad is None for p in model.parameters()):
         raise ValueError(
             "the hand-written backward needs .grad tensors (make_optimizer makes them)"
         )
-    layers = [views_of(block) for block in blocks]
-    head = views_of(Block(model.output, None))
-    counters = [b.norm.num_batches_tracked for b in blocks if b.norm is not None]
+    seeds, depth = model.seeds, len(blocks)
+    width = blocks[0].linear.weight.shape[1]
+    linears = [b.linear for b in blocks]
+    weights = [linear.weight for linear in linears]  # (K, out, in)
+    weights_t = [w.transpose(1, 2) for w in weights]
+    biases = [linear.bias.unsqueeze(2) for linear in linears]  # (K, out, 1)
+    first_weight_grad = weights[0].grad
+    # every hidden layer's weight gradient after the first, one (depth - 1) * K batch
+    # of (width, width) matrices; every hidden bias gradient, (depth, K, width)
+    later_weight_grads = None
+    if depth > 1:
+        later_weight_grads = joined([w.grad for w in weights[1:]]).view(-1, width, width)
+    bias_grads = joined([linear.bias.grad for linear in linears])
+    head_weight, head_bias = model.output.weight, model.output.bias
+    head_weight_t = head_weight.transpose(1, 2)  # (K, width, 10)
+    head_bias_row = head_bias.unsqueeze(1)
+    norms = [b.norm for b in blocks if b.norm is not None]
+    batchnorm = bool(norms)
+    if batchnorm:
+        eps, momentum = norms[0].eps, norms[0].momentum
+        gammas = [n.weight.view(-1) for n in norms]
+        betas = [n.bias.view(-1) for n in norms]
+        running_means = [n.running_mean.view(-1) for n in norms]
+        running_vars = [n.running_var.view(-1) for n in norms]
+        counters = [n.num_batches_tracked for n in norms]
+        gamma_grads = joined([n.weight.grad for n in norms]).view(depth, -1)
+        beta_grads = joined([n.bias.grad for n in norms]).view(depth, -1)
     # Resolved once: calling an overload directly skips a lookup per call.
     nll_forward = aten.nll_loss_forward.default
     nll_backward = aten.nll_loss_backward.default
     log_softmax_backward = aten._log_softmax_backward_data.default
-    relu_backward = aten.threshold_backward.default
+    relu_backward_into = aten.threshold_backward.grad_input
     norm_backward = aten.native_batch_norm_backward.default
-    per_image: dict[int, torch.Tensor] = {}  # K * B -> d(sum of seed means) / d(an image's loss)
+    scratches: dict[int, Scratch] = {}
 
     @torch.no_grad()
     def run(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        seeds, batch, _ = x.shape
-        # Forward, keeping what the backward pass reads. Activations are
-        # (K, width, B); BatchNorm runs on the (1, K * width, B) view, and its
-        # forward in training mode is native_batch_norm with the running buffers.
-        saved = []
+        batch = x.shape[1]
+        if batch not in scratches:
+            scratches[batch] = Scratch(seeds, depth, width, batch, x)
+        s = scratches[batch]
+        # Forward. Activations are (K, width, B): each row one (seed, unit)
+        # over its seed's batch, so BatchNorm's statistics are sums along rows.
         h = x.transpose(1, 2)
-        for layer in layers:
-            z = torch.baddbmm(layer.bias, layer.weight, h)
-            stats = None
-            if layer.norm is not None:
-                weight, bias, running_mean, running_var, _, _ = layer.norm
-                flat = z.view(1, -1, batch)
-                normed, mean, invstd = torch.native_batch_norm(
-                    flat, weight, bias, running_mean, running_var, True,
-                    layer.norm_momentum, layer.norm_eps,
-                )  # fmt: skip
-                stats = (flat, mean, invstd)
-                z = normed.view(z.shape)
-            out = torch.relu(z)
-            saved.append((h, stats, out))
-            h = out
+        saved = []  # BatchNorm's input, batch mean and 1/std per layer, for its backward
+        for index in range(depth):
+            out = s.output[index]
+            if not batchnorm:
+                h = torch.baddbmm(biases[index], weights[index], h, out=out).relu_()
+                continue
+            # BatchNorm in training mode: the batch's statistics, running ones updated
+            flat = torch.baddbmm(biases[index], weights[index], h).view(1, -1, batch)
+            normed, mean, invstd = torch.native_batch_norm(
+                flat, gammas[index], betas[index], running_means[index], running_vars[index],
+                True, momentum, eps,
+            )  # fmt: skip
+            h = torch.clamp_min(normed.view(out.shape), 0, out=out)
+            saved.append((flat, mean, invstd))
+        if batchnorm:
+            torch._foreach_add_(counters, 1)  # what each module's forward adds
         # (K, B, width) @ (K, width, 10): logits per image, as DeepMLP's
-        logits = torch.baddbmm(head.bias.transpose(1, 2), h.transpose(1, 2), head.weight_t)
+        logits = torch.baddbmm(head_bias_row, h.transpose(1, 2), head_weight_t)
         log_probs = torch.log_softmax(logits.view(-1, CLASSES), 1)
         labels = y.view(-1)
         losses, total_weight = nll_forward(log_probs, labels, None, NO_REDUCTION, IGNORE_INDEX)
-        if counters:
-            torch._foreach_add_(counters, 1)  # what each module's forward adds
 
-        # Backward, last layer first, each gradient written into its .grad.
-        # The loss is the sum over seeds of the mean over images: each image's
-        # loss gets 1/B, computed as mean()'s backward computes it.
-        count = seeds * batch
-        if count not in per_image:
-            per_image[count] = torch.ones(count, dtype=x.dtype, device=x.device) / batch
-        grad = nll_backward(per_image[count], log_probs, labels, None, NO_REDUCTION,
+        # Backward, last layer first. The loss is the sum over seeds of the
+        # mean over images: each image's loss gets 1/B, as mean()'s backward has it.
+        grad = nll_backward(s.per_image, log_probs, labels, None, NO_REDUCTION,
                             IGNORE_INDEX, total_weight)  # fmt: skip
         grad = log_softmax_backward(grad, log_probs, 1, log_probs.dtype).view(seeds, batch, -1)
-        # The head's weight enters transposed, (K, width, 10): so does its gradient.
-        head.weight_grad.copy_(torch.bmm(h, grad).transpose(1, 2))
-        torch.sum(grad, 1, out=head.bias_grad)
-        grad = torch.bmm(head.weight_t, grad.transpose(1, 2))  # (K, width, B)
-        for index in range(len(layers) - 1, -1, -1):
-            layer = layers[index]
-            block_input, stats, out = saved[index]
-            grad = relu_backward(grad, out, 0)
-            if stats is not None:
-                weight, _, running_mean, running_var, weight_grad, bias_grad = layer.norm
-                flat, mean, invstd = stats
-                grad_flat, weight_grad_, bias_grad_ = norm_backward(
-                    grad.view(flat.shape), flat, weight, running_mean, running_var, mean, invstd,
-                    True, layer.norm_eps, [True, True, True],
+        grad_t = grad.transpose(1, 2)  # (K, 10, B)
+        torch.bmm(grad_t, h.transpose(1, 2), out=head_weight.grad)
+        torch.sum(grad, 1, out=head_bias.grad)
+        grad = torch.bmm(head_weight_t, grad_t)  # (K, width, B)
+        gamma_grad_list, beta_grad_list = [], []
+        for index in range(depth - 1, -1, -1):
+            delta = relu_backward_into(grad, s.output[index], 0, grad_input=s.delta[index])
+            if batchnorm:  # the gradient at BatchNorm's output, through it to its input
+                flat, mean, invstd = saved[index]
+                grad_flat, gamma_grad, beta_grad = norm_backward(
+                    delta.view(flat.shape), flat, gammas[index], None, None, mean, invstd,
+                    True, eps, [True, True, True],
                 )  # fmt: skip
-                weight_grad.copy_(weight_grad_)
-                bias_grad.copy_(bias_grad_)
-                grad = grad_flat.view(grad.shape)
-            torch.bmm(grad, block_input.transpose(1, 2), out=layer.weight_grad)
-            torch.sum(grad, 2, out=layer.bias_grad)
+                delta.copy_(grad_flat.view(delta.shape))
+                gamma_grad_list.append(gamma_grad)
+                beta_grad_list.append(beta_grad)
             if index > 0:  # the images need no gradient
-                grad = torch.bmm(layer.weight_t, grad)
+                grad = torch.bmm(weights_t[index], delta)
+        # Each Linear's weight gradient is its delta times its input; all hidden
+        # layers but the first (whose input is the images) in one batched matmul.
+        torch.bmm(s.delta[0], x, out=first_weight_grad)
+        if later_weight_grads is not None:
+            torch.bmm(s.later_deltas, s.earlier_outputs_t, out=later_weight_grads)
+        torch.sum(s.deltas, 3, out=bias_grads)
+        if batchnorm:  # collected last layer first
+            torch.stack(gamma_grad_list[::-1], out=gamma_grads)
+            torch.stack(beta_grad_list[::-1], out=beta_grads)
         return losses.view(seeds, batch).mean(1)
 
     return run

@@ -23,6 +23,7 @@ from torch import nn
 from pipeline.data.mnist import DeviceData
 from pipeline.nn.backprop import loss_and_gradients, stacked_loss
 from pipeline.nn.cuda_graph import CudaGraphStep, Step
+from pipeline.nn.flat import flatten_parameters, joined
 from pipeline.nn.history import EpochRecord, LayerStats
 from pipeline.nn.model import DeepMLP, StackedMLP, stack
 
@@ -61,7 +62,8 @@ def training_step(
     forward, each seed's cross-entropy, backward, Adam update. Returns each
     seed's batch loss (K,) and, per hidden layer and seed, the L2 norm of its
     weight gradient (depth, K) (None without track_gradients), as tensors on
-    the device. The CUDA graph path captures this same function.
+    the device; the norms' tensor is the step's own, overwritten by the next
+    step. The CUDA graph path captures this same function.
 
     The backward pass is pipeline.nn.backprop's, written out by hand; with
     use_autograd it is `loss.backward()`, the reference it equals (the
@@ -80,20 +82,24 @@ def training_step(
     else:
         backward = loss_and_gradients(model)
 
+    norms = torch.empty(len(weights), seeds, dtype=x.dtype, device=x.device)
+    # one call for the first layer's norms, one for all later layers' (of one
+    # shape, side by side in the flat gradient): (layers, K, weights per seed)
+    runs = [(norms[:1], weights[0].grad.view(1, seeds, -1))]
+    if len(weights) > 1:
+        runs.append((norms[1:], joined([w.grad for w in weights[1:]]).flatten(2)))
+
     def step(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         flat = index.reshape(-1)  # (K * B,): seed 0's batch, then seed 1's, ...
         images = x.index_select(0, flat).view(seeds, -1, x.shape[1])
         loss = backward(images, y.index_select(0, flat).view(seeds, -1))
-        norms = torch.stack([grad_norm(w.grad) for w in weights]) if track_gradients else None
+        if track_gradients:  # each layer's and seed's L2 norm, (depth, K)
+            for out, grads in runs:
+                torch.linalg.vector_norm(grads, dim=2, out=out)
         optimizer.step()
-        return loss, norms
+        return loss, norms if track_gradients else None
 
     return step
-
-
-def grad_norm(grad: torch.Tensor) -> torch.Tensor:
-    """Each seed's L2 norm of a stacked gradient (K, ...) -> (K,)."""
-    return torch.linalg.vector_norm(grad, dim=tuple(range(1, grad.dim())))
 
 
 def epoch_orders(
@@ -205,23 +211,6 @@ def evaluate(
     ]
 
 
-def flatten_parameters(model: nn.Module) -> nn.Parameter:
-    """Gather all of the model's parameters into one flat tensor, and their
-    gradients into another; the model's parameters and .grad become views into
-    them. Returns the flat parameter, whose .grad is the flat gradient. Call it
-    once the model is on its device."""
-    params = list(model.parameters())
-    flat = nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]))
-    flat.grad = torch.zeros_like(flat)
-    offset = 0
-    for p in params:
-        size = p.numel()
-        p.data = flat.data[offset : offset + size].view_as(p)
-        p.grad = flat.grad[offset : offset + size].view_as(p)
-        offset += size
-    return flat
-
-
 def make_optimizer(
     model: nn.Module,
     lr: float,
@@ -230,12 +219,9 @@ def make_optimizer(
     weight_decay: float,
     capturable: bool = False,
 ) -> torch.optim.Adam:
-    """Adam over the model's parameters, flattened (flatten_parameters) into one
-    tensor: Adam is elementwise, so each weight gets the update it would get
-    alone (up to the rounding of the vector lane it lands in, where the CPU's
-    kernel uses fused multiply-adds), but one fused kernel call on one tensor replaces
-    the bookkeeping for 2 x depth + 2 tensors, and zeroing the gradients is one
-    fill: together about a fifth of a CPU step for this network."""
+    """Adam over the model's parameters, flattened (pipeline/nn/flat.py) into
+    one tensor: one fused kernel call on one tensor replaces the bookkeeping
+    for every parameter tensor, about a fifth of a CPU step for this network."""
     # fused=True: the update in one kernel (CPU and CUDA); capturable=True keeps
     # its step counter on the device, as a CUDA graph needs.
     return torch.optim.Adam(
