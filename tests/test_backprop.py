@@ -1,13 +1,13 @@
 """The hand-written backward pass: autograd's result on the stacked model,
 for one seed and for several.
 
-It calls the kernels autograd calls, with the same arguments in the same
-order, but writes some results into views where autograd makes new tensors:
-another memory layout, which a BLAS may handle in another order. So the two
-agree to rounding, not by construction bit for bit (float32 was bit-identical
-on every CPU and kernel set tried; float64's first-layer weight gradient was
-not), and these tests hold them to bounds that a real mistake (a missing
-term, a wrong seed's batch) exceeds by orders of magnitude. What the pass
+It calls the kernels autograd calls on the same numbers, but batches some
+(every hidden weight gradient after the first in one matmul) and writes
+results into views where autograd makes new tensors: other memory layouts,
+which a BLAS may handle in another order. So the two agree to rounding, not
+by construction bit for bit, and these tests hold them to bounds that a
+real mistake (a missing term, a wrong seed's batch) exceeds by orders of
+magnitude. What the pass
 computes over hundreds of steps is held to the maths by tests/test_training.py."""
 
 from __future__ import annotations
