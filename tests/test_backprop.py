@@ -25,8 +25,9 @@ from .test_training import adam_noise_bound, noise_driven, synthetic_data
 # Relative to a tensor's largest value: one pass is a chain of about 30
 # kernels, sums of up to 784 terms among them, each rounding at the unit
 # roundoff (6e-8 in float32, 1.1e-16 in float64): a few hundred roundoffs at
-# most, so 1e-5 and 1e-10 leave a margin of ten and more. Seen: 0 in float32,
-# 5e-14 in float64 (ten steps included).
+# most, so 1e-5 and 1e-10 leave a margin of ten and more. Seen: 1.2e-7 in
+# float32 (the head's weight gradient, one matmul with transposed operands
+# where autograd makes another layout), 5e-14 in float64 (ten steps included).
 RELATIVE = {torch.float32: 1e-5, torch.float64: 1e-10}
 
 
@@ -80,7 +81,14 @@ def batches(
 @pytest.mark.parametrize("batchnorm", [True, False])
 @pytest.mark.parametrize(
     ("seeds", "depth", "width", "batch"),
-    [(1, 10, 64, 64), (5, 10, 64, 64), (1, 1, 8, 5), (3, 3, 16, 37)],
+    [
+        (1, 10, 64, 64),
+        (5, 10, 64, 64),
+        (1, 1, 8, 5),
+        (3, 3, 16, 37),
+        (2, 3, 10, 8),  # width = the classes: the head's tensors group with the hidden ones
+        (2, 2, 784, 5),  # width = the pixels: the first layer's weight groups with the rest
+    ],
 )
 def test_one_pass_matches_autograd(
     batchnorm: bool, seeds: int, depth: int, width: int, batch: int, dtype: torch.dtype
@@ -120,7 +128,11 @@ def test_training_steps_match_autograd_steps(batchnorm: bool) -> None:
         optimizer = make_optimizer(model, 1e-2, [0.9, 0.999], 1e-8, 0.0)
         step = training_step(model, optimizer, x, data.train_y,
                              use_autograd=use_autograd)  # fmt: skip
-        results = [step(orders[:, start : start + 32]) for start in range(0, 300, 32)]
+        results = []
+        for start in range(0, 300, 32):  # the last batch is partial (12 images)
+            loss, norms = step(orders[:, start : start + 32])
+            # the norms' tensor is the step's own: copied before the next step
+            results.append((loss, norms.clone()))
         losses[use_autograd] = torch.stack([loss for loss, _ in results])
         states[use_autograd] = (model.state_dict(), torch.stack([n for _, n in results]))
     assert_same(losses[False], losses[True], "losses", batchnorm, steps=10)
@@ -130,6 +142,42 @@ def test_training_steps_match_autograd_steps(batchnorm: bool) -> None:
     for name, tensor in reference.items():
         assert_same(manual[name], tensor, name, batchnorm, steps=10)
     assert (losses[False][-1] < losses[False][0]).all()  # and every seed trains
+
+
+@pytest.mark.parametrize("width", [8, 10, 784])
+def test_gradient_norms_are_each_layers_and_seeds(width: int) -> None:
+    # Held to a direct formula on the gradients the step leaves (lr 0: the
+    # weights stay), not to the other backward pass.
+    data = synthetic_data(n_train=64)
+    model = initial_model(3, width, True, [0, 1])
+    optimizer = make_optimizer(model, 0.0, [0.9, 0.999], 1e-8, 0.0)
+    step = training_step(model, optimizer, data.train_x, data.train_y)
+    _, norms = step(torch.stack([torch.arange(16), torch.arange(16, 32)]))
+    expected = torch.stack([w.grad.flatten(1).norm(dim=1) for w in model.hidden_weights()])
+    assert norms.shape == (3, 2)  # layers, seeds
+    torch.testing.assert_close(norms, expected, rtol=1e-6, atol=0)
+    assert (norms > 0).all()
+
+
+@pytest.mark.parametrize("batchnorm", [True, False])
+def test_a_batch_of_another_size_in_between_changes_nothing(batchnorm: bool) -> None:
+    # Each batch size has its own scratch blocks; going back to the first
+    # size after a partial batch must give what a fresh pass gives.
+    dtype = torch.float64
+    x, y = batches(3, 16, dtype)
+    short_x, short_y = batches(3, 5, dtype)
+    manual = model_with_grads(3, 8, batchnorm, 3, dtype)
+    run = loss_and_gradients(manual)
+    first = run(x, y)
+    run(short_x, short_y)
+    # the reference starts where the running statistics are now (moved twice)
+    reference = model_with_grads(3, 8, batchnorm, 3, dtype)
+    reference.load_state_dict(manual.state_dict())
+    assert_same(run(x, y), autograd_reference(reference, x, y), "losses", batchnorm, steps=0)
+    got, expected = state(manual), state(reference)
+    for name in expected:
+        assert_same(got[name], expected[name], name, batchnorm, steps=0)
+    assert first.shape == (3,)
 
 
 def test_a_changed_model_is_refused_by_name() -> None:

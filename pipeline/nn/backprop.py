@@ -15,7 +15,7 @@ so calls that do not depend on each other are merged: each hidden layer
 writes its output and its delta (the loss gradient at its Linear's output)
 into one block for all layers (`Scratch`), and after the backward pass one
 batched matmul gives every hidden weight gradient but the first layer's, one
-sum every hidden bias gradient, one copy each BatchNorm's weight and bias
+sum every hidden bias gradient, one stack each BatchNorm's weight and bias
 gradients, straight into the grouped `.grad` buffers (pipeline/nn/flat.py).
 Only what depends on the layer before (the forward matmul, BatchNorm,
 ReLU, and the backward's matmul to the layer's input) stays per layer.

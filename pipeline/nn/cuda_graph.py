@@ -1,7 +1,8 @@
 """The whole training step in one CUDA graph, replayed per batch.
 
 On a GPU this small network is bound by kernel launches, not arithmetic:
-an eager step launches a few hundred tiny kernels from Python. Captured once,
+an eager step launches about a hundred tiny kernels from Python (see
+docs/benchmarks.md). Captured once,
 the step (forward, loss, backward, gradient norms, fused Adam update) is
 replayed with a single launch. The batch enters through a static index
 buffer into the device-resident dataset, so nothing but K x batch_size
@@ -28,7 +29,7 @@ class CudaGraphStep:
     captured for batches of `batch_size` per seed. Calling it with the
     batches' indices (K, batch_size) replays the graph; the returned losses
     and gradient norms are the graph's static outputs, overwritten by the
-    next replay."""
+    next replay (the norms' tensor is the step's own: by an eager step too)."""
 
     def __init__(
         self,

@@ -5,10 +5,10 @@ the update it would get alone (up to the rounding of the vector lane it lands
 in). The buffer is laid out in groups: tensors of one kind (same module
 type, attribute and shape, say every hidden Linear's 64x64 weight) follow
 each other in model order. A run of them is then one view (`joined`), so
-the hand-written backward writes all hidden layers' weight gradients with
-one batched matmul, their bias gradients with one sum, and the diagnostics
-take every layer's gradient norm in one call, where each would otherwise be a
-call per layer.
+the hand-written backward writes the weight gradients of every hidden layer
+after the first (the first has 784 inputs) with one batched matmul, all
+hidden bias gradients with one sum, and the diagnostics take all layers'
+gradient norms in two calls, where each would otherwise be a call per layer.
 """
 
 from __future__ import annotations

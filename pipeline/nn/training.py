@@ -83,19 +83,20 @@ def training_step(
         backward = loss_and_gradients(model)
 
     norms = torch.empty(len(weights), seeds, dtype=x.dtype, device=x.device)
-    # one call for the first layer's norms, one for all later layers' (of one
-    # shape, side by side in the flat gradient): (layers, K, weights per seed)
-    runs = [(norms[:1], weights[0].grad.view(1, seeds, -1))]
-    if len(weights) > 1:
-        runs.append((norms[1:], joined([w.grad for w in weights[1:]]).flatten(2)))
+    runs = []
+    if track_gradients:
+        # one call for the first layer's norms, one for all later layers' (of one
+        # shape, side by side in the flat gradient): (layers, K, weights per seed)
+        runs.append((norms[:1], weights[0].grad.view(1, seeds, -1)))
+        if len(weights) > 1:
+            runs.append((norms[1:], joined([w.grad for w in weights[1:]]).flatten(2)))
 
     def step(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         flat = index.reshape(-1)  # (K * B,): seed 0's batch, then seed 1's, ...
         images = x.index_select(0, flat).view(seeds, -1, x.shape[1])
         loss = backward(images, y.index_select(0, flat).view(seeds, -1))
-        if track_gradients:  # each layer's and seed's L2 norm, (depth, K)
-            for out, grads in runs:
-                torch.linalg.vector_norm(grads, dim=2, out=out)
+        for out, grads in runs:  # each layer's and seed's L2 norm, (depth, K)
+            torch.linalg.vector_norm(grads, dim=2, out=out)
         optimizer.step()
         return loss, norms if track_gradients else None
 
