@@ -215,8 +215,11 @@ def test_exp_show_compares_experiments_at_a_glance_in_120_columns(repo: Path) ->
     # Every column DVC finds changed (a metric equal in both rows drops out) fits:
     columns = dvc(repo, *EXP_SHOW, "--csv").stdout.splitlines()[0].split(",")
     assert header == [c for c in columns if c not in ("rev", "typ")], table
-    assert {"bn.acc", "gain.acc", "model.depth", "train.batch_size"} <= set(header)
-    assert set(header[2:-2]) <= {"bn.acc", "nobn.acc", "gain.acc", "gain.p"}
+    assert {"model.depth", "train.batch_size"} <= set(header)
+    # which metrics differ depends on the rounding of a tiny run (100 test
+    # images: an accuracy can come out equal); at least one does
+    metrics = set(header[2:-2])
+    assert metrics and metrics <= {"bn.acc", "nobn.acc", "gain.acc", "gain.p"}, table
     assert "…" not in table
     assert max(len(line.rstrip()) for line in table.splitlines()) <= 120
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
