@@ -42,7 +42,7 @@ from pipeline.cli import run_stage, stage_parser
 from pipeline.data.mnist import load_mnist, to_device
 from pipeline.nn.cuda_graph import CudaGraphStep
 from pipeline.nn.device import configure_threads, select_device
-from pipeline.nn.model import VARIANTS, DeepMLP
+from pipeline.nn.model import VARIANTS, DeepMLP, StackedMLP
 from pipeline.nn.training import (
     batch_starts,
     evaluate,
@@ -168,21 +168,38 @@ def main(argv: Sequence[str] | None = None) -> None:
         model = DeepMLP(depth, width, batchnorm).to(device)
         return model, torch.optim.Adam(model.parameters(), lr=t.lr)
 
+    def training_pass(
+        batchnorm: bool,
+        count: int,
+        batch: int,
+        images: int | None = None,
+        diagnostics: bool = True,
+        graph: bool = False,
+        use_autograd: bool = False,
+    ) -> tuple[StackedMLP, Callable[[], None]]:
+        """A training pass as the train stage runs it (its epoch loop), for
+        `count` stacked seeds in batches of `batch`, over the first `images`
+        training images (default all); without its diagnostics, with a CUDA
+        graph, or with autograd's backward if asked. Returns the model and the pass."""
+        model = initial_model(depth, width, batchnorm, list(range(count))).to(device)
+        optimizer = make_optimizer(model, t.lr, t.betas, t.eps, t.weight_decay, graph)
+        x, y = data.train_x[:images], data.train_y[:images]
+        step = training_step(model, optimizer, x, y, diagnostics, use_autograd)
+        graphed = CudaGraphStep(step, model, optimizer, batch, device) if graph else None
+        generators = [torch.Generator().manual_seed(seed) for seed in range(count)]
+        return model, functools.partial(train_epoch, model, step, x, batch, generators, None,
+                                        graphed)  # fmt: skip
+
     def project_loop(
         diagnostics: bool = True, graph: bool = False, use_autograd: bool = False, count: int = 1
     ) -> Callable[[], None]:
         """An epoch as the train stage runs it, for `count` stacked seeds (or
         without its diagnostics, or with autograd's backward)."""
-        model = initial_model(depth, width, batchnorm, list(range(count))).to(device)
-        optimizer = make_optimizer(model, t.lr, t.betas, t.eps, t.weight_decay, graph)
-        step = training_step(
-            model, optimizer, data.train_x, data.train_y, diagnostics, use_autograd
-        )
-        graphed = CudaGraphStep(step, model, optimizer, batch_size, device) if graph else None
-        generators = [torch.Generator().manual_seed(seed) for seed in range(count)]
+        model, train = training_pass(batchnorm, count, batch_size, None,
+                                     diagnostics, graph, use_autograd)  # fmt: skip
 
         def epoch() -> None:
-            train_epoch(model, step, data.train_x, batch_size, generators, None, graphed)
+            train()
             if diagnostics:
                 evaluate(model, data.test_x, data.test_y)
             else:
@@ -193,17 +210,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     def stacked_steps(batchnorm: bool, batch: int) -> tuple[Callable[[], None], int]:
         """`--steps` training steps of the stacked seeds as the train stage
-        takes them (its epoch loop over the first batch x steps training
-        images, diagnostics on; a CUDA graph on CUDA), and how many steps."""
-        model = initial_model(depth, width, batchnorm, list(range(seeds))).to(device)
-        graph = device.type == "cuda"
-        optimizer = make_optimizer(model, t.lr, t.betas, t.eps, t.weight_decay, graph)
-        x, y = data.train_x[: batch * args.steps], data.train_y[: batch * args.steps]
-        step = training_step(model, optimizer, x, y)
-        graphed = CudaGraphStep(step, model, optimizer, batch, device) if graph else None
-        generators = [torch.Generator().manual_seed(seed) for seed in range(seeds)]
-        loop = functools.partial(train_epoch, model, step, x, batch, generators, None, graphed)
-        return loop, len(batch_starts(len(x), batch))
+        takes them (diagnostics on; a CUDA graph on CUDA), and how many steps."""
+        images = min(batch * args.steps, len(data.train_x))
+        _, train = training_pass(batchnorm, seeds, batch, images, graph=device.type == "cuda")
+        return train, len(batch_starts(images, batch))
 
     base_model, base_opt = classic_model()
     loops = {
