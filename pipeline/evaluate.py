@@ -12,10 +12,10 @@ across-seed statistics to each variant's parent run.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,16 +29,32 @@ from pipeline.files import atomic_write_json, atomic_write_text
 from pipeline.nn.checkpoint import checkpoints_of, load_checkpoint
 from pipeline.nn.model import CLASSES, VARIANTS, DeepMLP
 from pipeline.params import Params, load_params
-from pipeline.report.stats import estimate, paired, show_interval
+from pipeline.report.stats import (
+    DIVERGED,
+    LEARNT,
+    NOT_LEARNING,
+    estimate,
+    failed_cell,
+    failures,
+    finite_or_none,
+    outcome,
+    paired,
+    show_interval,
+)
 
 log = logging.getLogger("evaluate")
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Evaluation:
     test_accuracy: float
-    test_loss: float  # mean per test image
+    test_loss: float  # mean per test image; NaN for a diverged network
     confusion: list[list[int]]  # [true class][predicted class] -> count
+    diverged: bool = False  # its training loss became NaN or infinite (the checkpoint says)
+
+    @property
+    def outcome(self) -> str:
+        return outcome(self.test_accuracy, self.diverged)
 
     @property
     def class_accuracy(self) -> list[float]:
@@ -82,29 +98,41 @@ def check_paired(evaluations: dict[str, dict[int, Evaluation]]) -> list[int]:
 
 
 def summarize(evaluations: dict[str, dict[int, Evaluation]]) -> dict:
-    """reports/statistics.json: per variant the mean across seeds, the sample
-    std and the 95% t-interval of the mean; bn - nobn paired by seed, with
-    the interval of the mean difference and a two-sided paired t-test. With
-    one seed, stds, intervals and p-values are null (None)."""
+    """reports/statistics.json. Per variant: how many seeds failed to learn
+    and how (stats.failures, with an exact binomial interval); over the seeds
+    that learnt, the mean, the sample std and the 95% t-interval of the mean.
+    bn - nobn paired by seed, over the seeds where both variants learnt: the
+    interval of the mean difference and a two-sided paired t-test. Where no
+    seed failed this is today's t-statistics over every seed. With one seed
+    (or pair) stds, intervals and p-values are null (None); with none, the
+    means too. Every seed stays in "per_seed", with its outcome."""
     seeds = check_paired(evaluations)
     statistics: dict = {}
     for variant, by_seed in evaluations.items():
-        entry: dict = {"seeds": len(seeds)}
+        learnt = [seed for seed in seeds if by_seed[seed].outcome == LEARNT]
+        entry: dict = {"seeds": len(seeds), "learnt": len(learnt)}
         for key in KEYS:
-            spread = estimate([getattr(by_seed[seed], key) for seed in seeds])
-            entry[key], entry[f"{key}_std"] = spread.mean, spread.std
-            entry[f"{key}_ci95"] = _list(spread.ci95)
+            values = [getattr(by_seed[seed], key) for seed in learnt]
+            spread = estimate(values) if values else None
+            entry[key] = spread.mean if spread else None
+            entry[f"{key}_std"] = spread.std if spread else None
+            entry[f"{key}_ci95"] = _list(spread.ci95) if spread else None
+        entry["outcomes"] = failures([by_seed[seed].outcome for seed in seeds])
         entry["per_seed"] = {
-            str(seed): {"test_accuracy": e.test_accuracy, "test_loss": e.test_loss}
+            str(seed): {"test_accuracy": e.test_accuracy, "test_loss": finite_or_none(e.test_loss),
+                        "outcome": e.outcome}
             for seed, e in sorted(by_seed.items())
-        }
+        }  # fmt: skip
         statistics[variant] = entry
-    difference: dict = {"seeds": len(seeds)}
+    both = [s for s in seeds if all(evaluations[v][s].outcome == LEARNT for v in VARIANTS)]
+    difference: dict = {"seeds": len(both)}
     for key in KEYS:
-        bn, nobn = ([getattr(evaluations[v][seed], key) for seed in seeds] for v in ("bn", "nobn"))
-        p = paired(bn, nobn)
-        difference[key], difference[f"{key}_std"] = p.mean, p.std
-        difference[f"{key}_ci95"], difference[f"{key}_p_value"] = _list(p.ci95), p.p_value
+        bn, nobn = ([getattr(evaluations[v][seed], key) for seed in both] for v in ("bn", "nobn"))
+        p = paired(bn, nobn) if both else None
+        difference[key] = p.mean if p else None
+        difference[f"{key}_std"] = p.std if p else None
+        difference[f"{key}_ci95"] = _list(p.ci95) if p else None
+        difference[f"{key}_p_value"] = p.p_value if p else None
     statistics["bn_minus_nobn"] = difference
     return statistics
 
@@ -112,14 +140,15 @@ def summarize(evaluations: dict[str, dict[int, Evaluation]]) -> dict:
 def compared(statistics: dict) -> dict:
     """reports/metrics.json, DVC's metrics: what `dvc exp show` compares
     experiments by, in one 120-column table beside two changed params. Mean
-    test accuracy per variant, BatchNorm's paired gain and its p-value (null
-    with one seed); the intervals, losses and seeds are in statistics.json."""
+    test accuracy per variant over the seeds that learnt, and how many seeds
+    failed to learn; BatchNorm's paired gain and its p-value (null with one
+    seed); the intervals, losses and outcomes are in statistics.json."""
     diff = statistics["bn_minus_nobn"]
     return {
-        "bn": {"acc": statistics["bn"]["test_accuracy"]},
-        "nobn": {"acc": statistics["nobn"]["test_accuracy"]},
-        "gain": {"acc": diff["test_accuracy"], "p": diff["test_accuracy_p_value"]},
-    }
+        variant: {"acc": statistics[variant]["test_accuracy"],
+                  "failed": statistics[variant]["outcomes"]["failed"]}
+        for variant in VARIANTS
+    } | {"gain": {"acc": diff["test_accuracy"], "p": diff["test_accuracy_p_value"]}}  # fmt: skip
 
 
 def _list(interval: tuple[float, float] | None) -> list[float] | None:
@@ -138,26 +167,32 @@ def details(evaluations: dict[str, dict[int, Evaluation]]) -> dict:
 
 
 def accuracy_table(statistics: dict) -> str:
-    """The Markdown table of reports/accuracy.md."""
+    """The Markdown table of reports/accuracy.md: accuracy and loss over the
+    seeds that learnt, beside how many failed to learn."""
     lines = [
-        "| variant | seeds | test accuracy (%) | std | 95% CI | p (paired t-test) | test loss |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| variant | seeds learnt | failed to learn (95% CI) | test accuracy (%) | std | 95% CI "
+        "| p (paired t-test) | test loss |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for variant in VARIANTS:
         m = statistics[variant]
         lines.append(
-            f"| {variant} | {m['seeds']} | {100 * m['test_accuracy']:.2f} | "
-            f"{_points(m['test_accuracy_std'])} | {show_interval(m['test_accuracy_ci95'])} | | "
-            f"{m['test_loss']:.4f} |"
+            f"| {variant} | {m['learnt']} of {m['seeds']} | {failed_cell(m['outcomes'])} | "
+            f"{_points(m['test_accuracy'])} | {_points(m['test_accuracy_std'])} | "
+            f"{show_interval(m['test_accuracy_ci95'])} | | {_number(m['test_loss'], '.4f')} |"
         )
     diff = statistics["bn_minus_nobn"]
     p_value = diff["test_accuracy_p_value"]
     lines.append(
-        f"| bn - nobn | {diff['seeds']} | {100 * diff['test_accuracy']:+.2f} | "
+        f"| bn - nobn | {diff['seeds']} pairs | | {_number(diff['test_accuracy'], '+.2f', 100)} | "
         f"{_points(diff['test_accuracy_std'])} | {show_interval(diff['test_accuracy_ci95'], sign='+')} | "
-        f"{'-' if p_value is None else f'{p_value:.2g}'} | {diff['test_loss']:+.4f} |"
+        f"{_number(p_value, '.2g')} | {_number(diff['test_loss'], '+.4f')} |"
     )
     return "\n".join(lines) + "\n"
+
+
+def _number(value: float | None, spec: str, scale: float = 1) -> str:
+    return "-" if value is None else f"{scale * value:{spec}}"
 
 
 def _points(fraction: float | None) -> str:
@@ -166,8 +201,8 @@ def _points(fraction: float | None) -> str:
 
 def parent_metrics(statistics: dict, variant: str) -> dict[str, float]:
     """What evaluate adds to a variant's parent run: its mean, std and 95%
-    interval across seeds, and the paired bn - nobn comparison (on both
-    parents). MLflow metrics are numbers: what is null is left out."""
+    interval across the seeds that learnt, how many failed to learn, and the
+    paired bn - nobn comparison (on both parents). MLflow metrics are numbers: what is null is left out."""
     flat: dict[str, float | None] = {}
     for prefix, entry in ((f"eval/{variant}", statistics[variant]),
                           ("eval/bn_minus_nobn", statistics["bn_minus_nobn"])):  # fmt: skip
@@ -178,6 +213,9 @@ def parent_metrics(statistics: dict, variant: str) -> dict[str, float]:
             flat[f"{prefix}/{key}_ci95_low"], flat[f"{prefix}/{key}_ci95_high"] = interval
             if f"{key}_p_value" in entry:
                 flat[f"{prefix}/{key}_p_value"] = entry[f"{key}_p_value"]
+    outcomes = statistics[variant]["outcomes"]
+    for key in ("failed", DIVERGED, NOT_LEARNING):
+        flat[f"eval/{variant}/{key}"] = outcomes[key]
     return {name: value for name, value in flat.items() if value is not None}
 
 
@@ -207,8 +245,9 @@ def evaluate_all(params: Params, tracker: tracking.Tracker) -> None:
     for variant in VARIANTS:
         evaluations[variant] = {}
         for seed, path in checkpoints_of(paths.MODELS_DIR / variant).items():
-            model, _ = load_checkpoint(path)
+            model, checkpoint = load_checkpoint(path)
             e = evaluate_model(model, x, y, params.evaluate.batch_size)
+            e = dataclasses.replace(e, diverged=checkpoint.get("diverged") is not None)
             evaluations[variant][seed] = e
             log.info(
                 "%s seed %d: test accuracy %.2f%%, loss %.4f",

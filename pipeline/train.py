@@ -24,7 +24,6 @@ from tqdm import tqdm
 from pipeline import paths, tracking
 from pipeline.cli import raise_if_interrupted, run_stage, stage_parser
 from pipeline.data.mnist import DeviceData, load_mnist, to_device, verified_digests
-from pipeline.errors import PipelineError
 from pipeline.files import (
     atomic_write_json,
     atomic_write_text,
@@ -43,11 +42,18 @@ from pipeline.nn.device import (
     select_device,
     use_cuda_graph,
 )
-from pipeline.nn.history import SUMMARY_KEYS, EpochRecord, history_table, plot_table, summarize
+from pipeline.nn.history import (
+    SUMMARY_KEYS,
+    EpochRecord,
+    history_table,
+    outcome_of,
+    plot_table,
+    summarize,
+)
 from pipeline.nn.model import VARIANTS, DeepMLP
-from pipeline.nn.training import Diverged, batch_starts, fit, initial_model, make_optimizer
+from pipeline.nn.training import batch_starts, fit, initial_model, make_optimizer
 from pipeline.params import Params, flatten, load_params
-from pipeline.report.stats import mean_std
+from pipeline.report.stats import DIVERGED, NEAR_CHANCE, NOT_LEARNING, mean_std
 
 log = logging.getLogger("train")
 
@@ -104,14 +110,46 @@ def served_model_tags(run_tags: dict[str, str]) -> dict[str, str]:
 
 def across_seeds(records: list[EpochRecord]) -> dict[str, float]:
     """What a parent run logs per epoch: the mean (and, with several seeds,
-    the sample std) across seeds of the headline metrics, and the epoch's time."""
-    metrics = {"epoch_seconds": records[0].epoch_seconds}
-    for key in SUMMARY_KEYS:
-        mean, std = mean_std(getattr(r, key) for r in records)
+    the sample std) of the headline metrics across the seeds that have not
+    diverged (none: left out), how many have, and the epoch's time."""
+    training = [r for r in records if r.diverged is None]
+    metrics = {"epoch_seconds": records[0].epoch_seconds,
+               "diverged_seeds": len(records) - len(training)}  # fmt: skip
+    for key in SUMMARY_KEYS if training else ():
+        mean, std = mean_std(getattr(r, key) for r in training)
         metrics[f"{key}_mean"] = mean
-        if len(records) > 1:
+        if len(training) > 1:
             metrics[f"{key}_std"] = std
     return metrics
+
+
+def report_failure(name: str, history: list[EpochRecord], batches: int, lr: float) -> None:
+    """Log, as a warning, that a seed failed to learn and how; a failure is a
+    result (the stage goes on), not an error."""
+    final, result = history[-1], outcome_of(history)
+    if result == DIVERGED:
+        where = final.diverged
+        log.warning(
+            "%s diverged: its loss became %s at epoch %d, batch %d of %d (train.lr = %g); "
+            "it counts as a failure to learn",
+            name, where.loss, where.epoch, where.batch, batches, lr,
+        )  # fmt: skip
+    elif result == NOT_LEARNING:
+        log.warning(
+            "%s did not learn: %.2f%% test accuracy after %d epochs (below %.0f%%, chance 10%%); "
+            "it counts as a failure to learn",
+            name, 100 * final.test_accuracy, final.epoch, 100 * NEAR_CHANCE,
+        )  # fmt: skip
+
+
+def outcome_tags(history: list[EpochRecord]) -> dict[str, str]:
+    """The tags a seed's run gets once trained: `outcome` (learnt, diverged,
+    not_learning) and, for a diverged seed, where."""
+    tags = {"outcome": outcome_of(history)}
+    where = history[-1].diverged
+    if where is not None:
+        tags["diverged_at"] = f"epoch {where.epoch}, batch {where.batch} (loss {where.loss})"
+    return tags
 
 
 def train_seeds(
@@ -142,12 +180,13 @@ def train_seeds(
         raise_if_interrupted()
         summary = across_seeds(records)
         accuracies = [100 * r.test_accuracy for r in records]
+        nan = float("nan")
         log.info(
             "%s epoch %d/%d: train_loss %.4f test_loss %.4f test_accuracy %.2f%% "
-            "(seeds %.2f-%.2f) (%.1f s)",
-            label, records[0].epoch, t.epochs, summary["train_loss_mean"],
-            summary["test_loss_mean"], summary["test_accuracy_mean"] * 100,
-            min(accuracies), max(accuracies), records[0].epoch_seconds,
+            "(seeds %.2f-%.2f; diverged: %d) (%.1f s)",
+            label, records[0].epoch, t.epochs, summary.get("train_loss_mean", nan),
+            summary.get("test_loss_mean", nan), summary.get("test_accuracy_mean", nan) * 100,
+            min(accuracies), max(accuracies), summary["diverged_seeds"], records[0].epoch_seconds,
         )  # fmt: skip
         for k, (seed, run, record) in enumerate(zip(seeds, runs, records, strict=True)):
             run.log_epoch(record.epoch, record.metrics())
@@ -162,30 +201,25 @@ def train_seeds(
 
     batches = len(batch_starts(len(data.train_x), t.batch_size))
     progress = Progress(label, batches, t.epochs)
-    try:
-        with CoresForTheHelper(helper_ready, device) as cores:
+    with CoresForTheHelper(helper_ready, device) as cores:
 
-            def on_progress(epoch: int, done: int, loss: float) -> None:
-                cores.check()
-                progress(epoch, done, loss)
+        def on_progress(epoch: int, done: int, loss: float) -> None:
+            cores.check()
+            progress(epoch, done, loss)
 
-            histories = fit(
-                model,
-                data,
-                epochs=t.epochs,
-                batch_size=t.batch_size,
-                optimizer=optimizer,
-                generators=[torch.Generator().manual_seed(seed) for seed in seeds],
-                on_epoch=on_epoch,
-                on_progress=on_progress,
-                cuda_graph=graph,
-            )
-    except Diverged as err:
-        raise PipelineError(
-            f"{variant}-seed{seeds[err.seed_index]}: training diverged: the loss became "
-            f"{err.value} at epoch {err.epoch}, batch {err.batch} of {batches}; lower train.lr "
-            f"(now {t.lr:g}; the seed experiment uses 0.001) and run again"
-        ) from None
+        histories = fit(
+            model,
+            data,
+            epochs=t.epochs,
+            batch_size=t.batch_size,
+            optimizer=optimizer,
+            generators=[torch.Generator().manual_seed(seed) for seed in seeds],
+            on_epoch=on_epoch,
+            on_progress=on_progress,
+            cuda_graph=graph,
+        )
+    for seed, history in zip(seeds, histories, strict=True):
+        report_failure(f"{variant}-seed{seed}", history, batches, t.lr)
     return [model.unstack(k) for k in range(len(seeds))], histories
 
 
@@ -250,8 +284,11 @@ def train_variant(
             logged = []
             for seed, run, model, history, model_tag in zip(seeds, runs, models, histories,
                                                             model_tags, strict=True):  # fmt: skip
+                run.set_tags(outcome_tags(history))
+                where = history[-1].diverged
                 final = make_checkpoint(model, epoch=history[-1].epoch,
                                         metrics=history[-1].metrics(),
+                                        diverged=vars(where) if where else None,
                                         mlflow_run_id=run.run_id, **info, seed=seed)  # fmt: skip
                 save_checkpoint(checkpoint_path(staging, seed), final)
                 if params.tracking.log_model:  # from the file: read before staging moves

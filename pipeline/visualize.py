@@ -89,6 +89,7 @@ def draw_all(params: VisualizeParams, tracker: tracking.Tracker) -> None:
             {v: original_post.per_seed(statistics, v) for v in compared},
             {v: statistics[v]["test_accuracy_ci95"] for v in compared},
             post_accuracies | {"bn_minus_nobn": post_accuracies["bn"] - post_accuracies["nobn"]},
+            {v: original_post.learnt_mask(statistics, v) for v in compared},
         ),
     }
     written = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -9,6 +10,7 @@ from statistics import stdev
 
 import pytest
 import torch
+from scipy import stats
 
 from pipeline import evaluate, paths
 from pipeline.data.mnist import load_split, scale_images
@@ -73,7 +75,9 @@ def test_summary_has_means_stds_intervals_and_the_paired_test() -> None:
     half = T_975_DF2 * 0.01 / math.sqrt(3)
     assert bn["test_accuracy_ci95"] == pytest.approx([0.97 - half, 0.97 + half])
     assert statistics["nobn"]["test_loss"] == pytest.approx(0.29)
-    assert bn["per_seed"]["1"] == {"test_accuracy": 0.96, "test_loss": 0.3}
+    assert bn["per_seed"]["1"] == {"test_accuracy": 0.96, "test_loss": 0.3, "outcome": "learnt"}
+    assert (bn["learnt"], bn["outcomes"]["failed"]) == (3, 0)
+    assert bn["outcomes"]["failed_fraction_ci95"] == pytest.approx([0.0, 0.7076], abs=1e-4)
     diff = statistics["bn_minus_nobn"]
     differences = [0.03, 0.01, 0.04]  # bn - nobn, seed by seed
     mean, std = sum(differences) / 3, stdev(differences)
@@ -87,12 +91,12 @@ def test_summary_has_means_stds_intervals_and_the_paired_test() -> None:
     assert diff["test_loss"] == pytest.approx(-0.09)
     assert 0 < diff["test_loss_p_value"] < 1
     table = evaluate.accuracy_table(statistics)
-    assert "| bn | 3 | 97.00 | 1.00 | 94.52 to 99.48 | | 0.2000 |" in table
-    assert f"| bn - nobn | 3 | +2.67 | 1.53 | {100 * (mean - half):+.2f} to " in table
+    assert "| bn | 3 of 3 | 0 (0 to 71%) | 97.00 | 1.00 | 94.52 to 99.48 | | 0.2000 |" in table
+    assert f"| bn - nobn | 3 pairs | | +2.67 | 1.53 | {100 * (mean - half):+.2f} to " in table
     assert f"| {diff['test_accuracy_p_value']:.2g} | -0.0900 |" in table
     assert evaluate.compared(statistics) == {
-        "bn": {"acc": pytest.approx(0.97)},
-        "nobn": {"acc": pytest.approx(0.9433333)},
+        "bn": {"acc": pytest.approx(0.97), "failed": 0},
+        "nobn": {"acc": pytest.approx(0.9433333), "failed": 0},
         "gain": {"acc": pytest.approx(mean), "p": diff["test_accuracy_p_value"]},
     }
 
@@ -104,7 +108,9 @@ def test_one_seed_has_no_spread_interval_or_p_value() -> None:
         assert entry["test_accuracy_std"] is None and entry["test_accuracy_ci95"] is None
     assert statistics["bn_minus_nobn"]["test_accuracy"] == pytest.approx(0.03)
     assert statistics["bn_minus_nobn"]["test_accuracy_p_value"] is None
-    assert "| bn - nobn | 1 | +3.00 | - | - | - | -0.1000 |" in evaluate.accuracy_table(statistics)
+    assert "| bn - nobn | 1 pairs | | +3.00 | - | - | - | -0.1000 |" in evaluate.accuracy_table(
+        statistics
+    )
     assert evaluate.compared(statistics)["gain"] == {"acc": pytest.approx(0.03), "p": None}
     parent = evaluate.parent_metrics(statistics, "bn")
     assert parent == {
@@ -112,7 +118,57 @@ def test_one_seed_has_no_spread_interval_or_p_value() -> None:
         "eval/bn/test_loss": 0.1,
         "eval/bn_minus_nobn/test_accuracy": pytest.approx(0.03),
         "eval/bn_minus_nobn/test_loss": pytest.approx(-0.1),
+        "eval/bn/failed": 0,
+        "eval/bn/diverged": 0,
+        "eval/bn/not_learning": 0,
     }  # nothing null reaches MLflow
+
+
+def test_failed_seeds_are_counted_and_left_out_of_the_means() -> None:
+    statistics = evaluate.summarize(
+        {
+            "bn": {0: e(0.98, 0.1), 1: e(0.96, 0.3), 2: e(0.97, 0.2), 3: e(0.97, 0.2)},
+            "nobn": {
+                0: e(0.95, 0.2),
+                1: dataclasses.replace(e(0.098, math.nan), diverged=True),
+                2: e(0.11, 2.3),  # ended at chance: not learning
+                3: e(0.93, 0.35),
+            },
+        }
+    )
+    nobn = statistics["nobn"]
+    assert (nobn["seeds"], nobn["learnt"]) == (4, 2)
+    assert nobn["test_accuracy"] == pytest.approx(0.94)  # seeds 0 and 3 only
+    assert nobn["test_loss"] == pytest.approx(0.275)
+    failed = stats.binomtest(2, 4).proportion_ci(0.95, method="exact")
+    assert nobn["outcomes"] == {
+        "learnt": 2, "diverged": 1, "not_learning": 1, "failed": 2, "failed_fraction": 0.5,
+        "failed_fraction_ci95": pytest.approx([failed.low, failed.high]),
+    }  # fmt: skip
+    assert nobn["per_seed"]["1"] == {"test_accuracy": 0.098, "test_loss": None,
+                                     "outcome": "diverged"}  # fmt: skip
+    assert nobn["per_seed"]["2"]["outcome"] == "not_learning"
+    diff = statistics["bn_minus_nobn"]  # over the seeds where both learnt: 0 and 3
+    assert diff["seeds"] == 2
+    assert diff["test_accuracy"] == pytest.approx(((0.98 - 0.95) + (0.97 - 0.93)) / 2)
+    assert statistics["bn"]["test_accuracy"] == pytest.approx(0.97)  # every bn seed learnt
+    table = evaluate.accuracy_table(statistics)
+    assert "| nobn | 2 of 4 | 2: 1 diverged, 1 not learning (7 to 93%) | 94.00 |" in table
+    assert evaluate.compared(statistics)["nobn"] == {"acc": pytest.approx(0.94), "failed": 2}
+
+
+def test_no_seed_learnt_leaves_means_and_gain_null() -> None:
+    failed = dataclasses.replace(e(0.1, math.nan), diverged=True)
+    statistics = evaluate.summarize({"bn": {0: e(0.98, 0.1), 1: e(0.97, 0.1)},
+                                     "nobn": {0: failed, 1: failed}})  # fmt: skip
+    assert statistics["nobn"]["test_accuracy"] is None and statistics["nobn"]["learnt"] == 0
+    diff = statistics["bn_minus_nobn"]
+    assert (diff["seeds"], diff["test_accuracy"], diff["test_accuracy_p_value"]) == (0, None, None)
+    table = evaluate.accuracy_table(statistics)
+    assert "| nobn | 0 of 2 | 2: 2 diverged (16 to 100%) | - | - | - | | - |" in table
+    assert "| bn - nobn | 0 pairs | | - | - | - | - | - |" in table
+    parent = evaluate.parent_metrics(statistics, "nobn")
+    assert parent == {"eval/nobn/failed": 2, "eval/nobn/diverged": 2, "eval/nobn/not_learning": 0}
 
 
 def test_variants_with_different_seeds_cannot_be_paired() -> None:
@@ -149,7 +205,10 @@ def test_stage_metrics_match_a_fresh_evaluation(reported: Path) -> None:
         statistics["bn"]["per_seed"]["0"]["test_accuracy"]
     )
     table = (reported / paths.ACCURACY_TABLE).read_text()
-    assert f"| nobn | 2 | {100 * statistics['nobn']['test_accuracy']:.2f} |" in table
+    assert (
+        f"| nobn | 2 of 2 | 0 (0 to 84%) | {100 * statistics['nobn']['test_accuracy']:.2f} |"
+        in table
+    )
 
 
 def test_final_training_accuracy_equals_evaluation(reported: Path) -> None:

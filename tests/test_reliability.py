@@ -4,6 +4,8 @@ nothing lost, half-written or left RUNNING."""
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import os
 import shutil
 import signal
@@ -19,11 +21,12 @@ import yaml
 
 from pipeline import cli, download, paths
 from pipeline.errors import PipelineError
-from pipeline.nn.training import Diverged, initial_model, make_optimizer, train_epoch, training_step
+from pipeline.nn.history import EpochRecord
+from pipeline.nn.training import fit, initial_model, make_optimizer, train_epoch, training_step
 from pipeline.params import DataParams
 
 from .conftest import free_port, run_stages, tiny_params, write_synthetic_idx
-from .test_training import synthetic_data
+from .test_training import in_float64, synthetic_data
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -245,7 +248,7 @@ def test_training_refuses_corrupted_data_by_name(previous_run: Path) -> None:
 # --- divergence ---------------------------------------------------------------
 
 
-def test_a_non_finite_loss_is_caught_in_its_batch_and_seed() -> None:
+def test_a_non_finite_loss_is_found_in_its_batch_for_each_seed() -> None:
     data = synthetic_data(n_train=320)
     poisoned = 200
     data.train_x[poisoned, 0] = float("inf")
@@ -253,41 +256,86 @@ def test_a_non_finite_loss_is_caught_in_its_batch_and_seed() -> None:
     # the batch in which each seed's order reaches the poisoned image
     reached = [int((torch.randperm(320, generator=torch.Generator().manual_seed(s)) == poisoned)
                    .nonzero()) // 32 + 1 for s in seeds]  # fmt: skip
-    first = min(range(2), key=lambda k: (reached[k], k))
     model = initial_model(2, 8, False, seeds)
     optimizer = make_optimizer(model, 1e-3, [0.9, 0.999], 1e-8, 0.0)
     generators = [torch.Generator().manual_seed(s) for s in seeds]
-    with pytest.raises(Diverged) as caught:
-        step = training_step(model, optimizer, data.train_x, data.train_y)
-        train_epoch(model, step, data.train_x, 32, generators)
-    assert (caught.value.batch, caught.value.seed_index) == (reached[first], first)
-    assert not torch.isfinite(torch.tensor(caught.value.value))
+    step = training_step(model, optimizer, data.train_x, data.train_y)
+    losses, _, non_finite = train_epoch(model, step, data.train_x, 32, generators)
+    assert [batch for batch, _ in non_finite] == reached
+    assert all(not math.isfinite(loss) for _, loss in non_finite)
+    assert all(math.isnan(loss) for loss in losses)  # the epoch's mean includes the NaN batches
 
 
-def test_diverging_run_fails_with_reason_and_no_checkpoint(tmp_path: Path) -> None:
+def poisoned_fit(seeds: list[int], poison: list[int], epochs: int) -> list[list[EpochRecord]]:
+    """Train in float64 with the first hidden weight of the seeds at the
+    positions `poison` set to NaN before the first step."""
+    data = in_float64(synthetic_data())
+    model = initial_model(3, 8, True, seeds).to(torch.float64)
+    optimizer = make_optimizer(model, 1e-3, [0.9, 0.999], 1e-8, 0.0)
+    with torch.no_grad():
+        for k in poison:
+            model.hidden_weights()[0][k, 0, 0] = float("nan")
+    generators = [torch.Generator().manual_seed(s) for s in seeds]
+    return fit(model, data, epochs=epochs, batch_size=32, optimizer=optimizer,
+               generators=generators)  # fmt: skip
+
+
+def test_a_diverged_seed_leaves_the_others_as_if_trained_alone() -> None:
+    together = poisoned_fit([0, 1], poison=[1], epochs=2)
+    (alone,) = poisoned_fit([0], poison=[], epochs=2)
+    for record in together[1]:  # diverged in its first batch, and says so from then on
+        assert (record.diverged.epoch, record.diverged.batch) == (1, 1)
+        assert math.isnan(record.diverged.loss)
+    for mixed, single in zip(together[0], alone, strict=True):
+        assert mixed.diverged is None
+        assert mixed.test_accuracy == single.test_accuracy
+        # float64: the seeds' own arithmetic, batched with another seed's or not
+        assert mixed.train_loss == pytest.approx(single.train_loss, rel=1e-9)
+        assert mixed.test_loss == pytest.approx(single.test_loss, rel=1e-9)
+    assert math.isnan(together[1][-1].test_loss)
+
+
+def test_training_ends_early_once_every_seed_diverged() -> None:
+    histories = poisoned_fit([0, 1], poison=[0, 1], epochs=3)
+    assert [len(h) for h in histories] == [1, 1]
+    assert all(h[-1].diverged.epoch == 1 for h in histories)
+
+
+def test_diverging_seeds_are_a_result_not_an_error(tmp_path: Path) -> None:
     source = tmp_path / "source"
     write_synthetic_idx(source)
     params = tiny_params(source)
     params["model"].update(depth=10, width=64)
-    params["train"].update(lr=1000.0, seeds=[0])  # NaN within the first batches here
+    params["train"].update(lr=1000.0, epochs=2)  # NaN within the first batches without BN
     params["tracking"]["experiment"] = "diverging"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    with pytest.raises(PipelineError) as caught:
-        run_stages(tmp_path, ["train_nobn"])
-    message = str(caught.value)
-    assert message.startswith("nobn-seed0: training diverged: the loss became nan at epoch 1")
-    assert "batch " in message and "lower train.lr (now 1000" in message
-    assert not (tmp_path / paths.MODELS_DIR / "nobn").exists()
-    assert not (tmp_path / paths.TRAIN_REPORTS_DIR).exists()
+    run_stages(tmp_path, ["train_bn", "train_nobn", "evaluate"])
+    summary = json.loads((tmp_path / paths.TRAIN_REPORTS_DIR / "nobn.json").read_text())
+    assert summary["outcomes"]["diverged"] == 2 and summary["test_accuracy"] is None
+    for seed in ("0", "1"):
+        entry = summary["per_seed"][seed]
+        assert entry["outcome"] == "diverged" and entry["diverged"]["epoch"] == 1
+        assert entry["epochs"] == 1  # every seed diverged: training ended after that epoch
+        assert entry["train_loss"] is None  # NaN is not JSON
+        assert 0 <= entry["test_accuracy"] <= 1  # what the NaN network predicts, counted
+    statistics = json.loads((tmp_path / paths.STATISTICS_FILE).read_text())
+    nobn = statistics["nobn"]
+    assert (nobn["learnt"], nobn["outcomes"]["failed"], nobn["test_accuracy"]) == (0, 2, None)
+    assert nobn["outcomes"]["failed_fraction_ci95"] == pytest.approx([0.1581, 1.0], abs=1e-4)
+    assert statistics["bn_minus_nobn"]["seeds"] == 0
+    assert statistics["bn_minus_nobn"]["test_accuracy"] is None
+    checkpoint = torch.load(tmp_path / paths.MODELS_DIR / "nobn" / "seed0.pt", weights_only=True)
+    assert checkpoint["diverged"]["epoch"] == 1
     from mlflow.tracking import MlflowClient
 
     store = MlflowClient(f"sqlite:///{tmp_path}/store/mlflow.db")
     runs = store.search_runs([store.get_experiment_by_name("diverging").experiment_id])
-    assert sorted(r.info.run_name for r in runs) == ["nobn", "nobn-seed0"]
-    for run in runs:  # the seed's run and its parent
-        assert run.info.status == "FAILED"
-        assert run.data.tags["failure_reason"] == message
-        assert store.list_artifacts(run.info.run_id, "checkpoints") == []
+    seeds = {r.info.run_name: r for r in runs if "-seed" in r.info.run_name}
+    assert all(r.info.status == "FINISHED" for r in runs)
+    for seed in (0, 1):
+        tags = seeds[f"nobn-seed{seed}"].data.tags
+        assert tags["outcome"] == "diverged" and tags["diverged_at"].startswith("epoch 1, batch ")
+        assert seeds[f"bn-seed{seed}"].data.tags["outcome"] in ("learnt", "not_learning")
 
 
 # --- interruption ---------------------------------------------------------------

@@ -300,7 +300,7 @@ def test_progress_reports_the_running_loss() -> None:
     optimizer = make_optimizer(model, 1e-3, BETAS, EPS, 0.0)
     seen = []
     step = training_step(model, optimizer, data.train_x, data.train_y)
-    losses, _ = train_epoch(
+    losses, _, _ = train_epoch(
         model, step, data.train_x, 4, generators([0, 1, 2]),
         on_progress=lambda n, running: seen.append((n, running)),
     )  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -169,16 +170,27 @@ def test_sample_index_beyond_the_test_set_is_refused(reported: Path, tmp_path: P
         run_stages(tmp_path, ["visualize"])
 
 
+DIVERGED = None  # in statistics_of's accuracies: a seed whose loss became NaN
+
+
 def statistics_of(
-    bn: list[float], nobn: list[float], losses: tuple[float, float] = (0.08, 0.15)
+    bn: list[float | None], nobn: list[float | None], losses: tuple[float, float] = (0.08, 0.15)
 ) -> dict:
     """statistics.json as evaluate writes it, for these per-seed accuracies; each
-    seed's test loss is `losses` (bn, nobn) shifted by its accuracy's offset."""
+    seed's test loss is `losses` (bn, nobn) shifted by its accuracy's offset from
+    the first seed that learnt. DIVERGED is a seed whose network became NaN
+    (class 0 for every image, NaN loss); an accuracy below 20% one that did not
+    learn (its loss that of a guess, ln 10)."""
     from pipeline.evaluate import Evaluation, summarize
 
-    def by_seed(values: list[float], loss: float) -> dict:
-        return {k: Evaluation(v, loss + 5 * (v - values[0]), [[0] * 10] * 10)
-                for k, v in enumerate(values)}  # fmt: skip
+    def evaluation(accuracy: float | None, loss: float) -> Evaluation:
+        if accuracy is DIVERGED:
+            return Evaluation(0.098, math.nan, [[0] * 10] * 10, diverged=True)
+        return Evaluation(accuracy, loss if accuracy >= 0.2 else math.log(10), [[0] * 10] * 10)
+
+    def by_seed(values: list[float | None], loss: float) -> dict:
+        first = next((v for v in values if v is not None and v >= 0.2), 0.0)
+        return {k: evaluation(v, loss + 5 * ((v or 0.0) - first)) for k, v in enumerate(values)}
 
     return summarize({"bn": by_seed(bn, losses[0]), "nobn": by_seed(nobn, losses[1])})
 
@@ -253,3 +265,169 @@ def test_seed_figure_draws_every_seed_its_pairs_and_the_post() -> None:
     stars = [c for c in accuracy.collections + gain.collections if c.get_gid() == "post"]
     assert sorted(round(float(c.get_offsets()[0][1]), 2) for c in stars) == [1.85, 95.98, 97.83]
     assert "3 seeds" in fig.get_suptitle()
+
+
+def diverged_history(history: figures.History, variant: str, seeds: list[str]) -> figures.History:
+    """`history` with these seeds' values NaN from epoch 2 on, as a diverged seed's are."""
+    for seed in seeds:
+        for row in history[variant][seed][1:]:
+            row.update({k: math.nan for k in row if k not in ("epoch", "epoch_seconds")})
+    return history
+
+
+def cells(table, variant: str) -> list[str]:
+    """The row of `table` that starts with the variant's label."""
+    label = {"bn_minus_nobn": "bn - nobn (paired)"}.get(variant, figures.LABELS.get(variant))
+    return next(row for row in table.rows if row[0] == label)
+
+
+def test_when_every_seed_learnt_the_report_says_nothing_new() -> None:
+    statistics = statistics_of([0.976, 0.979, 0.977], [0.962, 0.958, 0.961])
+    history = fake_history(depth=3, epochs=2, seeds=3)
+    assert comparison.failures_paragraph(statistics) is None
+    table = comparison.accuracy_table(statistics, history)
+    assert table.header[:3] == ["variant", "seeds", "final accuracy"]
+    assert cells(table, "nobn")[1] == "3" and cells(table, "bn_minus_nobn")[1] == "3"
+    text = " ".join([comparison.headline(statistics, epochs=2), comparison.accuracy_note(statistics),
+                     *comparison.why_lines(history, statistics)])  # fmt: skip
+    assert "learnt" not in text and "failed" not in text
+    assert "after the last epoch, mean over seeds: " in text
+    _, verdict = original_post.reproduction(statistics)
+    assert verdict[-1].startswith("Verdict: ")
+
+
+def test_failed_seeds_are_counted_with_the_interval_of_the_failure_rate() -> None:
+    statistics = statistics_of([0.97, 0.975, 0.978, 0.972, 0.976],
+                               [0.96, DIVERGED, 0.962, 0.1, 0.958])  # fmt: skip
+    paragraph = comparison.failures_paragraph(statistics)
+    assert paragraph.startswith(
+        "2 of 5 seeds without BatchNorm failed to learn (1 diverged, 1 ended below 20% test "
+        "accuracy; 95% CI 5% to 85% of seeds); none of 5 with it (95% CI 0% to 52%). "
+        "Accuracies and the gain are over the seeds that learnt (the gain over the seeds where "
+        "both variants learnt: 3 here), because a mean over learners and failures (near the 10% "
+        "of chance, or diverged) mixes two populations"
+    )
+    assert paragraph.endswith("a variant that fails more often is worse even when its learners "
+                              "are as good.")  # fmt: skip
+    # the gain is over seeds 0, 2 and 4, where both learnt; the means over each one's learners
+    line = comparison.headline(statistics, epochs=9)
+    assert line.startswith("BatchNorm adds +1.47 points of test accuracy (95% CI ")
+    assert "; 3 seeds of 5, those where both learnt). " in line
+    assert "with BatchNorm, 96.00% (95% CI " in line and " without (3 of 5 seeds)." in line
+    table = comparison.accuracy_table(statistics, fake_history(depth=3, epochs=2, seeds=5))
+    assert table.header[1:3] == ["seeds learnt", "failed to learn (95% CI)"]
+    assert cells(table, "bn")[1:4] == ["5 of 5", "0 (0 to 52%)", "97.42"]
+    assert cells(table, "nobn")[1:4] == ["3 of 5", "2: 1 diverged, 1 not learning (5 to 85%)",
+                                         "96.00"]  # fmt: skip
+    assert cells(table, "bn_minus_nobn")[1:4] == ["3 of 5", "", "+1.47"]
+    assert "It counts only the seeds where both variants learnt." in comparison.accuracy_note(
+        statistics
+    )
+
+
+def test_the_variant_that_failed_more_often_comes_first() -> None:
+    statistics = statistics_of([DIVERGED, 0.1, 0.97], [0.96, 0.95, 0.1])
+    assert comparison.failures_paragraph(statistics).startswith(
+        "2 of 3 seeds with BatchNorm failed to learn (1 diverged, 1 ended below 20% test "
+        "accuracy; 95% CI 9% to 99% of seeds); 1 of 3 without it (1 ended below 20% test "
+        "accuracy; 95% CI 1% to 91%). "
+    )
+
+
+def test_a_variant_with_no_learnt_seed_has_no_numbers_and_no_why() -> None:
+    statistics = statistics_of([0.97, 0.975, 0.98], [DIVERGED, DIVERGED, 0.1])
+    history = diverged_history(fake_history(depth=3, epochs=2, seeds=3), "nobn", ["0", "1"])
+    line = comparison.headline(statistics, epochs=2)
+    assert line.startswith("No seed learnt with both variants, so there is no paired gain of "
+                           "BatchNorm to give. Test accuracy after 2 epochs, mean over the seeds "
+                           "that learnt: 97.50% (95% CI ")  # fmt: skip
+    assert line.endswith(" with BatchNorm, no seed learnt without BatchNorm.")
+    table = comparison.accuracy_table(statistics, history)
+    assert cells(table, "nobn")[1:] == ["0 of 3", "3: 2 diverged, 1 not learning (29 to 100%)",
+                                        "-", "-", "-", "", "-", "-", "-", "2.00"]  # fmt: skip
+    assert cells(table, "bn_minus_nobn")[1:8] == ["0 of 3", "", "-", "-", "-", "-", ""]
+    assert "No seed of 3 learnt with both variants" in comparison.accuracy_note(statistics)
+    why = comparison.why_lines(history, statistics)
+    assert len(why) == 4 and "without" not in " ".join(why[:3])
+    assert why[0].startswith("Dead units (zero for every test image) after the last epoch, mean "
+                             "over the seeds that learnt: ")  # fmt: skip
+    assert "% of hidden units with BatchNorm (up to " in why[0]
+    assert why[-1].startswith("No seed learnt without BatchNorm, so its dead units, activation "
+                              "spread and gradient norms are left out")  # fmt: skip
+    evaluation = {
+        v: {str(s): {"class_accuracy": [0.9] * 10} for s in range(3)} for v in figures.LABELS
+    }
+    _, rows = comparison.per_class_table(evaluation, statistics)
+    assert rows[0] == ["0", "90.00", "0.00", "-", "-", "-"]
+
+
+def test_the_post_is_not_compared_with_too_few_learnt_seeds() -> None:
+    statistics = statistics_of([0.97, 0.975, 0.98], [DIVERGED, 0.96, 0.1])
+    table, verdict = original_post.reproduction(statistics)
+    nobn, gain = table.rows[1], table.rows[2]
+    assert nobn[2:] == ["96.00", "-", "-", "diverged, 96.00, not learning"]
+    assert gain[2:] == ["+1.50", "-", "-", "-, +1.50, -"]
+    assert table.rows[4][2:] == ["0.150", "-", "-", "diverged, 0.150, not learning"]
+    assert verdict == [
+        "Too few learnt seeds to compare with the post: of 3 seeds, 3 learnt with BatchNorm, "
+        "1 without and 1 with both; a prediction interval for one run, and a CI of the mean "
+        "gain, need at least two."
+    ]
+    assert comparison.headline(statistics, epochs=2).startswith(
+        "BatchNorm adds +1.50 points of test accuracy (one seed of 3 learnt with both variants: "
+        "a confidence interval and a p-value need at least two)."
+    )
+
+
+def test_the_verdict_is_over_the_learnt_seeds() -> None:
+    learnt = [0.976, 0.979, 0.977, 0.9785], [0.962, 0.958, 0.961, 0.96]
+    statistics = statistics_of([*learnt[0], DIVERGED], [*learnt[1], 0.1])
+    _, verdict = original_post.reproduction(statistics)
+    _, expected = original_post.reproduction(statistics_of(*learnt))
+    assert verdict[:4] == expected[:4]
+    assert "with 4 seeds where both learnt the CI of the mean gain" in verdict[-1]
+
+
+def test_no_seed_learnt_at_all_says_so_and_crashes_nowhere() -> None:
+    statistics = statistics_of([0.1, DIVERGED], [DIVERGED, DIVERGED])
+    history = diverged_history(fake_history(depth=3, epochs=2, seeds=2), "nobn", ["0", "1"])
+    assert comparison.headline(statistics, epochs=2) == (
+        "No seed learnt with either variant: there is no accuracy and no gain to give."
+    )
+    assert comparison.why_lines(history, statistics) == [
+        "No seed learnt with either variant, so their dead units, activation spread and gradient "
+        "norms are left out: a network that failed to learn shows its failure, not how the "
+        "variant learns."
+    ]
+    table = comparison.accuracy_table(statistics, history)
+    assert cells(table, "bn")[3] == "-" and cells(table, "bn_minus_nobn")[3] == "-"
+    assert "0 learnt with BatchNorm, 0 without" in original_post.reproduction(statistics)[1][0]
+
+
+def test_figures_leave_out_or_mark_what_diverged() -> None:
+    rng = np.random.default_rng(4)
+    nan = [np.full((20, 16), np.nan)] * 3
+    shown = panels(figures.activation_distributions(
+        {"bn": nan, "nobn": [np.maximum(rng.normal(size=(20, 16)), 0) for _ in range(3)]}
+    ))  # fmt: skip
+    labels = [t.get_text() for t in shown[0].get_legend().get_texts()]
+    assert labels[0] == "bn (diverged: NaN)" and labels[1].endswith("% zeros)")
+    grid = figures.activation_grid(rng.random((28, 28)), {"bn": [a[0] for a in nan],
+                                   "nobn": [rng.random(16)] * 3}, label=1, index=0)  # fmt: skip
+    assert panels(grid)[0].get_ylabel() == "with BatchNorm\n(diverged: NaN)"
+    history = diverged_history(fake_history(depth=2, epochs=3, seeds=3), "nobn", ["1"])
+    accuracy = panels(figures.training_curves(history))[2]
+    nobn = accuracy.get_lines()[1]
+    assert nobn.get_label() == "without BatchNorm (3 seeds, 1 diverged)"
+    assert np.isfinite(nobn.get_ydata()).all()  # the other seeds' mean after the divergence
+    values = {"bn": [0.97, 0.98, 0.975], "nobn": [0.96, 0.098, 0.1]}
+    values["bn_minus_nobn"] = [a - b for a, b in zip(values["bn"], values["nobn"], strict=True)]
+    learnt = {"bn": [True] * 3, "nobn": [True, False, False], "bn_minus_nobn": [True, False, False]}
+    fig = figures.seed_accuracies(values, {"bn": [0.96, 0.99], "nobn": None, "bn_minus_nobn": None},
+                                  {"bn": 0.9783, "nobn": 0.9598, "bn_minus_nobn": 0.0185}, learnt)  # fmt: skip
+    accuracy, gain = panels(fig)
+    crosses = [c for c in accuracy.collections + gain.collections if c.get_gid() == "failed"]
+    assert sorted(len(c.get_offsets()) for c in crosses) == [2, 2]
+    means = [line.get_ydata()[0] for line in accuracy.get_lines() if line.get_marker() == "D"]
+    assert means == pytest.approx([97.5, 96.0])  # over the seeds that learnt
+    assert "failed to learn (crosses)" in fig.get_suptitle()

@@ -8,7 +8,7 @@ import io
 import statistics
 from dataclasses import dataclass, field
 
-from pipeline.report.stats import mean_std
+from pipeline.report.stats import LEARNT, failures, finite_or_none, mean_std, outcome
 
 
 @dataclass(frozen=True)
@@ -17,6 +17,15 @@ class LayerStats:
     act_std: float
     dead_fraction: float  # units that are zero for every test image
     grad_norm: float  # mean L2 norm of the layer's weight gradient over the epoch's batches
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """Where a seed's training loss first became NaN or infinite."""
+
+    epoch: int
+    batch: int  # from 1, in the epoch
+    loss: float  # nan, inf or -inf
 
 
 @dataclass(frozen=True)
@@ -29,6 +38,7 @@ class EpochRecord:
     test_accuracy: float
     epoch_seconds: float  # wall time of the epoch, all seeds together
     layers: list[LayerStats] = field(default_factory=list)
+    diverged: Divergence | None = None  # in this epoch or before
 
     def metrics(self) -> dict[str, float]:
         """Flat metric names, as logged to MLflow and written to DVC plots."""
@@ -48,28 +58,44 @@ SUMMARY_KEYS = ("test_accuracy", "test_loss", "train_loss")
 LAYER_KEYS = ("dead_fraction", "grad_norm")  # the depth study's diagnostics
 
 
+def outcome_of(history: list[EpochRecord]) -> str:
+    """What became of a seed: learnt, diverged or not learning (stats.outcome)."""
+    final = history[-1]
+    return outcome(final.test_accuracy, final.diverged is not None)
+
+
 def summarize(histories: dict[int, list[EpochRecord]]) -> dict:
-    """reports/train/<variant>.json: final-epoch values per seed, their mean
-    and std across seeds, and each hidden layer's dead-unit fraction and
-    gradient norm (mean across seeds)."""
+    """reports/train/<variant>.json: each seed's final values and outcome;
+    how many seeds failed to learn, and how; over the seeds that learnt, the
+    mean and std of the final values, and each hidden layer's dead-unit
+    fraction and gradient norm (null where no seed learnt)."""
     finals = {seed: history[-1] for seed, history in histories.items()}
+    outcomes = {seed: outcome_of(history) for seed, history in histories.items()}
+    learnt = [seed for seed in finals if outcomes[seed] == LEARNT]
     summary: dict = {}
     for key in SUMMARY_KEYS:
-        summary[key], summary[f"{key}_std"] = mean_std(getattr(r, key) for r in finals.values())
-    summary["best_test_accuracy"] = statistics.fmean(
-        max(r.test_accuracy for r in history) for history in histories.values()
+        values = [getattr(finals[seed], key) for seed in learnt]
+        summary[key], summary[f"{key}_std"] = mean_std(values) if values else (None, None)
+    summary["best_test_accuracy"] = (
+        statistics.fmean(max(r.test_accuracy for r in histories[seed]) for seed in learnt)
+        if learnt
+        else None
     )
     summary["epoch_seconds"] = statistics.median(
         r.epoch_seconds for history in histories.values() for r in history
     )
+    summary["outcomes"] = failures(list(outcomes.values()))
     summary["per_seed"] = {
-        str(seed): {key: getattr(record, key) for key in SUMMARY_KEYS}
+        str(seed): {key: finite_or_none(getattr(record, key)) for key in SUMMARY_KEYS}
+        | {"outcome": outcomes[seed], "epochs": record.epoch}
+        | ({"diverged": vars(record.diverged)} if record.diverged else {})
         for seed, record in finals.items()
     }
-    # per hidden layer (the first one first), at the last epoch, mean across seeds
+    # per hidden layer (the first one first), at the last epoch, mean across learnt seeds
+    depth = len(next(iter(finals.values())).layers)
     summary["layers"] = {
-        key: [statistics.fmean(getattr(layer, key) for layer in per_seed)
-              for per_seed in zip(*(r.layers for r in finals.values()), strict=True)]
+        key: [statistics.fmean(getattr(finals[seed].layers[k], key) for seed in learnt)
+              if learnt else None for k in range(depth)]
         for key in LAYER_KEYS
     }  # fmt: skip
     return summary

@@ -24,7 +24,7 @@ from pipeline.data.mnist import DeviceData
 from pipeline.nn.backprop import loss_and_gradients, stacked_loss
 from pipeline.nn.cuda_graph import CudaGraphStep, Step
 from pipeline.nn.flat import flatten_parameters, joined
-from pipeline.nn.history import EpochRecord, LayerStats
+from pipeline.nn.history import Divergence, EpochRecord, LayerStats
 from pipeline.nn.model import DeepMLP, StackedMLP, stack
 
 # Batches between updates of the progress bar's loss: each update reads the
@@ -119,15 +119,19 @@ def train_epoch(
     generators: Sequence[torch.Generator],
     on_progress: Callable[[int, float], None] | None = None,
     full_batch_step: Step | None = None,
-) -> tuple[list[float], list[list[float]]]:
+) -> tuple[list[float], list[list[float]], list[tuple[int, float] | None]]:
     """One pass over x, each seed in a fresh order from its own generator,
     `step` on each batch (or `full_batch_step`, a captured CUDA graph, on
     every batch of full size).
 
-    Returns per seed the mean batch loss and, per hidden layer, the mean L2
-    norm of its weight gradient (zeros when the step does not track them,
-    which the benchmark uses to measure their cost). Both are summed on the
-    device and read back every PROGRESS_EVERY batches.
+    Returns per seed the mean batch loss, per hidden layer the mean L2 norm
+    of its weight gradient (zeros when the step does not track them, which
+    the benchmark uses to measure their cost), and the first batch (from 1)
+    whose loss was NaN or infinite with that loss, or None. A seed whose loss
+    is not finite does not stop the others: each seed's arithmetic is its own
+    (its matmuls, its BatchNorm statistics, its elements of Adam's update).
+    Losses and norms are summed on the device and read back every
+    PROGRESS_EVERY batches.
     """
     model.train()
     orders = epoch_orders(generators, len(x), x.device)
@@ -143,37 +147,33 @@ def train_epoch(
         if norms is not None:
             grad_sums += norms
         losses[number - 1] = loss  # a copy: a graph's output is overwritten by the next replay
-        if number % PROGRESS_EVERY == 0 or number == len(starts):
-            running = check_finite(losses[:number])
-            if on_progress is not None:
-                on_progress(number, running)
+        if on_progress is not None and (number % PROGRESS_EVERY == 0 or number == len(starts)):
+            on_progress(number, finite_mean(losses[:number]))
     # per seed over its own contiguous row: the same sum whatever the other seeds
-    return losses.t().contiguous().mean(1).tolist(), (grad_sums / len(starts)).t().tolist()
+    return (
+        losses.t().contiguous().mean(1).tolist(),
+        (grad_sums / len(starts)).t().tolist(),
+        first_non_finite(losses),
+    )
 
 
-class Diverged(Exception):
-    """A training loss became NaN or infinite."""
-
-    def __init__(self, batch: int, value: float, seed_index: int, epoch: int | None = None) -> None:
-        super().__init__(batch, value, seed_index, epoch)
-        self.batch, self.value, self.seed_index, self.epoch = batch, value, seed_index, epoch
-
-    def __str__(self) -> str:
-        where = f"epoch {self.epoch}, batch {self.batch}, seed index {self.seed_index}"
-        return f"loss {self.value} at {where}"
+def finite_mean(losses: torch.Tensor) -> float:
+    """The mean of the finite batch losses so far, (batches, K): what the
+    progress bar shows while some seeds diverged (NaN when all did)."""
+    finite = torch.isfinite(losses)
+    return (losses.where(finite, 0).sum() / finite.sum()).item()
 
 
-def check_finite(losses: torch.Tensor) -> float:
-    """The mean of the batch losses so far, (batches, K), over batches and
-    seeds; or Diverged naming the first batch, and the first seed in it, whose
-    loss is not finite. Reading back every PROGRESS_EVERY batches keeps the
-    device busy in between; the batch is still exact."""
-    mean = losses.mean().item()
-    if math.isfinite(mean):
-        return mean
-    batch, seed_index = (int(i) for i in torch.nonzero(~torch.isfinite(losses))[0])
-    value = losses[batch, seed_index].item()
-    raise Diverged(batch=batch + 1, value=value, seed_index=seed_index)
+def first_non_finite(losses: torch.Tensor) -> list[tuple[int, float] | None]:
+    """Per seed, the first batch (from 1) whose loss, (batches, K), is NaN or
+    infinite, with that loss; None for a seed whose every loss is finite."""
+    bad = ~torch.isfinite(losses)
+    found = bad.any(0).tolist()
+    first = bad.to(torch.uint8).argmax(0).tolist()  # the first True (argmax takes the first)
+    return [
+        (first[k] + 1, losses[first[k], k].item()) if found[k] else None
+        for k in range(losses.shape[1])
+    ]
 
 
 @torch.no_grad()
@@ -252,7 +252,11 @@ def fit(
     the order of generators[k]; evaluate on the test set after each epoch.
     Returns each seed's history; `on_epoch` gets each epoch's records, one
     per seed. With cuda_graph (CUDA only, optimizer made capturable), every
-    full batch replays one captured graph of the training step."""
+    full batch replays one captured graph of the training step.
+
+    A seed whose loss becomes NaN or infinite has diverged: its records say
+    where from then on (its parameters are NaN, and stay so), the other
+    seeds train on, and training ends early once every seed has diverged."""
     if len(generators) != model.seeds:
         raise ValueError(f"{len(generators)} generators for {model.seeds} seeds")
     step = training_step(model, optimizer, data.train_x, data.train_y)
@@ -260,16 +264,16 @@ def fit(
     if cuda_graph:
         graphed = CudaGraphStep(step, model, optimizer, batch_size, data.train_x.device)
     histories: list[list[EpochRecord]] = [[] for _ in generators]
+    diverged: list[Divergence | None] = [None] * len(generators)
     for epoch in range(1, epochs + 1):
         started = time.perf_counter()
         progress = functools.partial(on_progress, epoch) if on_progress else None
-        try:
-            train_losses, grad_norms = train_epoch(
-                model, step, data.train_x, batch_size, generators, progress, graphed
-            )
-        except Diverged as diverged:
-            diverged.epoch = epoch
-            raise
+        train_losses, grad_norms, non_finite = train_epoch(
+            model, step, data.train_x, batch_size, generators, progress, graphed
+        )
+        for k, found in enumerate(non_finite):
+            if diverged[k] is None and found is not None:
+                diverged[k] = Divergence(epoch=epoch, batch=found[0], loss=found[1])
         evaluations = evaluate(model, data.test_x, data.test_y)
         seconds = time.perf_counter() - started
         records = [
@@ -280,13 +284,16 @@ def fit(
                 test_accuracy=test_accuracy,
                 epoch_seconds=seconds,
                 layers=[LayerStats(**s, grad_norm=g) for s, g in zip(layers, norms, strict=True)],
+                diverged=divergence,
             )
-            for train_loss, norms, (test_loss, test_accuracy, layers) in zip(
-                train_losses, grad_norms, evaluations, strict=True
+            for train_loss, norms, (test_loss, test_accuracy, layers), divergence in zip(
+                train_losses, grad_norms, evaluations, diverged, strict=True
             )
         ]
         for history, record in zip(histories, records, strict=True):
             history.append(record)
         if on_epoch is not None:
             on_epoch(records)
+        if all(diverged):
+            break
     return histories

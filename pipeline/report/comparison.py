@@ -16,10 +16,21 @@ from pipeline.report.original_post import (
     POST_CORRECT,
     POST_TEST_BATCHES,
     TEST_IMAGES,
+    any_failed,
+    learnt_seeds,
     post_accuracy,
     reproduction,
 )
-from pipeline.report.stats import mean_std, pct, show_interval
+from pipeline.report.stats import (
+    CHANCE,
+    DIVERGED,
+    NEAR_CHANCE,
+    NOT_LEARNING,
+    failed_cell,
+    mean_std,
+    pct,
+    show_interval,
+)
 
 
 @dataclass(frozen=True)
@@ -37,21 +48,36 @@ class Context:
     figures: dict[str, str]  # figure name -> path relative to the report
 
 
-def final_layer_means(history: History, variant: str, metric: str) -> list[float]:
-    """Per hidden layer, `metric` at the last epoch, averaged across seeds."""
-    rows = [runs[-1] for runs in history[variant].values()]
+def final_layer_means(history: History, variant: str, metric: str, seeds: list[str]) -> list[float]:
+    """Per hidden layer, `metric` at the last epoch, averaged across `seeds`
+    (those that learnt: a failed network's numbers describe its failure)."""
+    rows = [history[variant][seed][-1] for seed in seeds]
     depth = sum(1 for key in rows[0] if key.endswith(f"/{metric}"))
     return [fmean(r[f"layer_{k:02d}/{metric}"] for r in rows) for k in range(1, depth + 1)]
 
 
 def headline(statistics: dict, epochs: int) -> str:
     """ "BatchNorm adds +X points of test accuracy (95% CI a to b; paired
-    t-test p = ...; N seeds)", and the two means."""
-    diff, seeds = statistics["bn_minus_nobn"], statistics["bn_minus_nobn"]["seeds"]
+    t-test p = ...; N seeds)" over the seeds where both variants learnt, and
+    the two means over the seeds that learnt; where there is nothing to
+    average, it says so instead of a number."""
+    sentences = (_gain_sentence(statistics), _means_sentence(statistics, epochs))
+    return " ".join(s for s in sentences if s)
+
+
+def _gain_sentence(statistics: dict) -> str:
+    """BatchNorm's paired gain over the seeds where both variants learnt, or
+    why there is none."""
+    diff, seeds = statistics["bn_minus_nobn"], statistics["bn"]["seeds"]
+    pairs = diff["seeds"]
+    if pairs == 0:
+        if not any(statistics[v]["learnt"] for v in LABELS):
+            return "No seed learnt with either variant: there is no accuracy and no gain to give."
+        return "No seed learnt with both variants, so there is no paired gain of BatchNorm to give."
     gain = 100 * diff["test_accuracy"]
     verb = "adds" if gain > 0 else "changes test accuracy by"
     what = f"BatchNorm {verb} {gain:+.2f} points{' of test accuracy' if gain > 0 else ''}"
-    if seeds > 1 and diff["test_accuracy_ci95"] is not None:
+    if pairs > 1 and diff["test_accuracy_ci95"] is not None:
         low, high = (100 * x for x in diff["test_accuracy_ci95"])
         p = diff["test_accuracy_p_value"]
         test = (
@@ -59,60 +85,189 @@ def headline(statistics: dict, epochs: int) -> str:
             if p is not None
             else "no t-test: every seed's gain is the same"
         )
-        what += f" (95% CI {low:+.2f} to {high:+.2f}; {test}; {seeds} seeds)"
-    else:
+        counted = f"{pairs} seeds" + (
+            "" if pairs == seeds else f" of {seeds}, those where both learnt"
+        )
+        what += f" (95% CI {low:+.2f} to {high:+.2f}; {test}; {counted})"
+    elif seeds == 1:
         what += (" (one seed: a confidence interval and a p-value need at least two; "
                  "list more seeds in train.seeds)")  # fmt: skip
-    bn, nobn = statistics["bn"], statistics["nobn"]
-    return (
-        f"{what}. Test accuracy after {epochs} epochs, mean over seeds: "
-        f"{pct(bn['test_accuracy'])}%{_ci(bn['test_accuracy_ci95'])} with BatchNorm, "
-        f"{pct(nobn['test_accuracy'])}%{_ci(nobn['test_accuracy_ci95'])} without."
+    else:
+        what += (f" (one seed of {seeds} learnt with both variants: a confidence interval and "
+                 "a p-value need at least two)")  # fmt: skip
+    return what + "."
+
+
+def _means_sentence(statistics: dict, epochs: int) -> str:
+    """Each variant's mean test accuracy over its seeds that learnt; "" when
+    no seed learnt at all."""
+    if not any(statistics[v]["learnt"] for v in LABELS):
+        return ""
+    over = "the seeds that learnt" if any_failed(statistics) else "seeds"
+    means = ", ".join(_mean_clause(statistics, v) for v in LABELS)
+    return f"Test accuracy after {epochs} epochs, mean over {over}: {means}."
+
+
+def _mean_clause(statistics: dict, variant: str) -> str:
+    """ "97.50% (95% CI 97.00 to 98.00) with BatchNorm (3 of 5 seeds)"; the
+    count only when some seed failed; "no seed learnt without BatchNorm"."""
+    entry = statistics[variant]
+    if entry["test_accuracy"] is None:
+        return f"no seed learnt {LABELS[variant]}"
+    name = LABELS[variant] if variant == "bn" else "without"
+    counted = (
+        f" ({entry['learnt']} of {entry['seeds']} seeds)" if entry["outcomes"]["failed"] else ""
     )
+    return f"{pct(entry['test_accuracy'])}%{_ci(entry['test_accuracy_ci95'])} {name}{counted}"
 
 
 def _ci(interval: list[float] | None) -> str:
     return "" if interval is None else f" (95% CI {pct(interval[0])} to {pct(interval[1])})"
 
 
+def _it(variant: str) -> str:
+    return "with it" if variant == "bn" else "without it"
+
+
+def failures_paragraph(statistics: dict) -> str | None:
+    """How many seeds of each variant failed to learn and how, with the exact
+    binomial 95% interval of the failure rate, the variant that failed more
+    often first; then why accuracies and gain are over the seeds that learnt.
+    None when every seed learnt."""
+    if not any_failed(statistics):
+        return None
+    first, second = sorted(("nobn", "bn"), key=lambda v: -statistics[v]["outcomes"]["failed"])
+    counts = (
+        f"{_failed_clause(statistics[first], f'seeds {LABELS[first]} failed to learn', ' of seeds')}"
+        f"; {_failed_clause(statistics[second], _it(second), '')}."
+    )
+    return f"{counts} {_why_learnt_only(statistics['bn_minus_nobn']['seeds'])}"
+
+
+def _failed_clause(entry: dict, who: str, unit: str) -> str:
+    """ "2 of 5 seeds without BatchNorm failed to learn (1 diverged, 1 ended
+    below 20% test accuracy; 95% CI 5% to 85% of seeds)"; "none of 5 with it
+    (95% CI 0% to 52%)"."""
+    outcomes = entry["outcomes"]
+    how = [f"{outcomes[DIVERGED]} diverged"] if outcomes[DIVERGED] else []
+    if outcomes[NOT_LEARNING]:
+        how.append(f"{outcomes[NOT_LEARNING]} ended below {100 * NEAR_CHANCE:.0f}% test accuracy")
+    low, high = (100 * x for x in outcomes["failed_fraction_ci95"])
+    details = [", ".join(how)] if how else []
+    details.append(f"95% CI {low:.0f}% to {high:.0f}%{unit}")
+    return f"{outcomes['failed'] or 'none'} of {entry['seeds']} {who} ({'; '.join(details)})"
+
+
+def _why_learnt_only(pairs: int) -> str:
+    return (
+        "Accuracies and the gain are over the seeds that learnt (the gain over the seeds where "
+        f"both variants learnt: {pairs or 'none'} here), because a mean over learners and failures "
+        f"(near the {100 * CHANCE:.0f}% of chance, or diverged) mixes two populations and its "
+        "t-interval can run outside 0-100%; a variant that fails more often is worse even when "
+        "its learners are as good."
+    )
+
+
 def findings(context: Context) -> list[str]:
-    """The headline and the *why*, generated from the numbers."""
-    lines = [headline(context.statistics, context.params["train"]["epochs"])]
-    dead = {v: final_layer_means(context.history, v, "dead_fraction") for v in LABELS}
-    worst = max(range(len(dead["nobn"])), key=lambda k: dead["nobn"][k])
-    lines.append(
-        f"Dead units (zero for every test image) after the last epoch, mean over seeds: "
-        f"{100 * fmean(dead['nobn']):.1f}% of hidden units without BatchNorm "
-        f"(up to {100 * dead['nobn'][worst]:.0f}% in layer {worst + 1}), "
-        f"{100 * fmean(dead['bn']):.1f}% with it."
-    )
-    std = {v: final_layer_means(context.history, v, "act_std") for v in LABELS}
-    spread = (
-        "Spread of the post-ReLU activations (std on the test set) from the first to the "
-        f"last hidden layer: {std['nobn'][0]:.2f} to {std['nobn'][-1]:.2f} without BatchNorm "
-        f"(largest {max(std['nobn']):.2f}), {std['bn'][0]:.2f} to {std['bn'][-1]:.2f} with it "
-        f"(largest {max(std['bn']):.2f})"
-    )
-    drifts = max(std["nobn"]) > 2 * max(std["bn"])
-    more_dead = fmean(dead["nobn"]) > fmean(dead["bn"])
-    if drifts and more_dead:
-        spread += (
-            ": without normalisation the layers' inputs drift in scale and skew, and "
-            "more of them fall on ReLU's flat side for good"
+    """The headline, how many seeds failed to learn (when some did), and the
+    *why*, generated from the numbers."""
+    statistics = context.statistics
+    failures = failures_paragraph(statistics)
+    return [
+        headline(statistics, context.params["train"]["epochs"]),
+        *([failures] if failures else []),
+        *why_lines(context.history, statistics),
+    ]
+
+
+def why_lines(history: History, statistics: dict) -> list[str]:
+    """The *why*: dead units, activation spread and gradient norms per
+    layer, over the seeds that learnt. A variant where none did is left out,
+    and one sentence says so."""
+    seeds = {v: learnt_seeds(statistics, v) for v in LABELS}
+    shown = [v for v in LABELS if seeds[v]]
+    lines = []
+    if shown:
+        means = {
+            metric: {v: final_layer_means(history, v, metric, seeds[v]) for v in shown}
+            for metric in ("dead_fraction", "act_std", "grad_norm")
+        }
+        over = "mean over the seeds that learnt" if any_failed(statistics) else "mean over seeds"
+        lines += [
+            _dead_units(means["dead_fraction"], over),
+            _spread(means["act_std"], means["dead_fraction"]),
+            _gradients(means["grad_norm"]),
+        ]
+    if len(shown) < len(LABELS):
+        which = (
+            f"{next(LABELS[v] for v in LABELS if v not in shown)}, so its"
+            if shown
+            else "with either variant, so their"
         )
-    lines.append(spread + ".")
-    grads = {v: final_layer_means(context.history, v, "grad_norm") for v in LABELS}
-    lines.append(
-        "Mean weight-gradient norm in the last epoch, first / last hidden layer: "
-        f"{grads['bn'][0]:.3f} / {grads['bn'][-1]:.3f} with BatchNorm, "
-        f"{grads['nobn'][0]:.3f} / {grads['nobn'][-1]:.3f} without."
-    )
+        lines.append(
+            f"No seed learnt {which} dead units, activation spread and gradient norms are left "
+            "out: a network that failed to learn shows its failure, not how the variant learns."
+        )
     return lines
 
 
-def _best_epoch(history: History, variant: str) -> tuple[float, float]:
-    """Mean over seeds of the best test accuracy, and of the epoch reaching it."""
-    best = [max(runs, key=lambda r: r["test_accuracy"]) for runs in history[variant].values()]
+def _dead_units(dead: dict[str, list[float]], over: str) -> str:
+    """Each shown variant's mean dead fraction, and the worst layer of the first."""
+    order = [v for v in ("nobn", "bn") if v in dead]
+    first = dead[order[0]]
+    worst = max(range(len(first)), key=lambda k: first[k])
+    clauses = [
+        f"{100 * fmean(first):.1f}% of hidden units {LABELS[order[0]]} "
+        f"(up to {100 * first[worst]:.0f}% in layer {worst + 1})"
+    ] + [f"{100 * fmean(dead[v]):.1f}% {_it(v)}" for v in order[1:]]
+    return (
+        f"Dead units (zero for every test image) after the last epoch, {over}: "
+        f"{', '.join(clauses)}."
+    )
+
+
+def _spread(std: dict[str, list[float]], dead: dict[str, list[float]]) -> str:
+    """Each shown variant's activation std, first to last layer; with both,
+    why they differ when the numbers say so."""
+    order = [v for v in ("nobn", "bn") if v in std]
+    clauses = [
+        f"{std[v][0]:.2f} to {std[v][-1]:.2f} {LABELS[v] if v == order[0] else _it(v)} "
+        f"(largest {max(std[v]):.2f})"
+        for v in order
+    ]
+    text = (
+        "Spread of the post-ReLU activations (std on the test set) from the first to the "
+        f"last hidden layer: {', '.join(clauses)}"
+    )
+    both = len(order) == 2
+    if both and max(std["nobn"]) > 2 * max(std["bn"]) and fmean(dead["nobn"]) > fmean(dead["bn"]):
+        text += (
+            ": without normalisation the layers' inputs drift in scale and skew, and "
+            "more of them fall on ReLU's flat side for good"
+        )
+    return text + "."
+
+
+def _gradients(grads: dict[str, list[float]]) -> str:
+    """Each shown variant's gradient norm in the first and last hidden layer."""
+    order = [v for v in ("bn", "nobn") if v in grads]
+    clauses = [
+        f"{grads[v][0]:.3f} / {grads[v][-1]:.3f} "
+        f"{LABELS[v] if v == order[0] else ('with' if v == 'bn' else 'without')}"
+        for v in order
+    ]
+    return (
+        "Mean weight-gradient norm in the last epoch, first / last hidden layer: "
+        f"{', '.join(clauses)}."
+    )
+
+
+def _best_epoch(history: History, variant: str, seeds: list[str]) -> tuple[float, float] | None:
+    """Mean over `seeds` of the best test accuracy, and of the epoch reaching
+    it; None without seeds."""
+    if not seeds:
+        return None
+    best = [max(history[variant][s], key=lambda r: r["test_accuracy"]) for s in seeds]
     return (
         fmean(r["test_accuracy"] for r in best),
         fmean(r["epoch"] for r in best),
@@ -123,66 +278,130 @@ def _epoch_seconds(history: History, variant: str) -> float:
     return median(r["epoch_seconds"] for runs in history[variant].values() for r in runs)
 
 
-def per_class_table(evaluation: dict) -> tuple[list[str], list[list[str]]]:
+def _number(value: float | None, spec: str, scale: float = 1) -> str:
+    return "-" if value is None else f"{scale * value:{spec}}"
+
+
+def accuracy_table(statistics: dict, history: History) -> Table:
+    """Per variant the final test accuracy, its interval and std, and the
+    test loss over the seeds that learnt; best accuracy and epoch (over the
+    same seeds) and time per epoch from training; then the paired gain over
+    the seeds where both learnt. When some seed failed, the seeds column says
+    how many learnt and a column counts the failures with the exact binomial
+    95% CI of the failure rate. "-": nothing to compute."""
+    failed = any_failed(statistics)
+    header = ["variant", "seeds learnt" if failed else "seeds",
+              *(["failed to learn (95% CI)"] if failed else []), "final accuracy", "95% CI",
+              "std", "p (paired t-test)", "best accuracy", "best epoch", "final test loss",
+              "s / epoch"]  # fmt: skip
+    rows = [_variant_row(statistics, history, v, failed) for v in LABELS]
+    return Table(header, [*rows, _gain_row(statistics, failed)])
+
+
+def _variant_row(statistics: dict, history: History, variant: str, failed: bool) -> list[str]:
+    """A variant's row of accuracy_table."""
+    v = statistics[variant]
+    best = _best_epoch(history, variant, learnt_seeds(statistics, variant))
+    return [
+        LABELS[variant],
+        f"{v['learnt']} of {v['seeds']}" if failed else str(v["seeds"]),
+        *([failed_cell(v["outcomes"])] if failed else []),
+        _number(v["test_accuracy"], ".2f", 100),
+        show_interval(v["test_accuracy_ci95"]),
+        _number(v["test_accuracy_std"], ".2f", 100),
+        "",
+        "-" if best is None else pct(best[0]),
+        "-" if best is None else f"{best[1]:g}",
+        _number(v["test_loss"], ".4f"),
+        f"{_epoch_seconds(history, variant):.2f}",
+    ]
+
+
+def _gain_row(statistics: dict, failed: bool) -> list[str]:
+    """The paired bn - nobn row of accuracy_table."""
+    diff = statistics["bn_minus_nobn"]
+    return [
+        "bn - nobn (paired)",
+        f"{diff['seeds']} of {statistics['bn']['seeds']}" if failed else str(diff["seeds"]),
+        *([""] if failed else []),
+        _number(diff["test_accuracy"], "+.2f", 100),
+        show_interval(diff["test_accuracy_ci95"], sign="+"),
+        _number(diff["test_accuracy_std"], ".2f", 100),
+        _number(diff["test_accuracy_p_value"], ".2g"),
+        "",
+        "",
+        _number(diff["test_loss"], "+.4f"),
+        "",
+    ]
+
+
+def accuracy_note(statistics: dict) -> str:
+    """What the accuracy table's numbers are over, and which intervals and
+    test it gives."""
+    failed = any_failed(statistics)
+    pairs, seeds = statistics["bn_minus_nobn"]["seeds"], statistics["bn"]["seeds"]
+    if pairs > 1:
+        intervals = (
+            "95% CI: t-interval of the mean over seeds; the bn - nobn row pairs each seed's two "
+            "models (same initial weights, same batch order) and tests the mean difference with "
+            "a two-sided paired t-test."
+        ) + (" It counts only the seeds where both variants learnt." if pairs < seeds else "")
+    elif seeds == 1:
+        intervals = "One seed: no interval or test (they need at least two seeds)."
+    else:
+        intervals = (
+            f"{'One seed' if pairs else 'No seed'} of {seeds} learnt with both variants: the "
+            "bn - nobn row has no interval or test (they need at least two)."
+        )
+    failures = (
+        f" A seed failed to learn when its loss became NaN or infinite (diverged) or it ended "
+        f"below {100 * NEAR_CHANCE:.0f}% test accuracy (not learning); the failed column "
+        "gives the exact binomial 95% CI of the failure rate."
+        if failed
+        else ""
+    )
+    return (
+        "Test accuracy (%) on the 10,000 MNIST test images after the last epoch, mean across "
+        f"{'the seeds that learnt' if failed else 'seeds'} with its 95% confidence interval and "
+        "the seeds' sample std; best epoch and time per epoch (all seeds together) from "
+        f"training. {intervals}{failures}"
+    )
+
+
+def per_class_table(evaluation: dict, statistics: dict) -> tuple[list[str], list[list[str]]]:
     """Per digit: each variant's accuracy, mean (and std with several seeds)
-    across seeds, and the difference of the means."""
+    across its seeds that learnt, and the difference of the means; "-" where
+    no seed (for the std: fewer than two) learnt."""
     several = len(evaluation["bn"]) > 1
     header = ["digit"]
     for variant in LABELS:
         header += [LABELS[variant]] + (["std"] if several else [])
-    stats = {  # variant -> per digit (mean, std)
-        v: [mean_std(c) for c in zip(*(s["class_accuracy"] for s in evaluation[v].values()),
-                                     strict=True)]
-        for v in LABELS
-    }  # fmt: skip
+    stats = {v: _class_means(evaluation[v], learnt_seeds(statistics, v)) for v in LABELS}
     rows = []
-    for digit in range(len(stats["bn"])):
+    for digit in range(len(next(iter(evaluation["bn"].values()))["class_accuracy"])):
         row = [str(digit)]
         for variant in LABELS:
-            mean, std = stats[variant][digit]
-            row += [pct(mean)] + ([pct(std)] if several else [])
-        difference = stats["bn"][digit][0] - stats["nobn"][digit][0]
-        rows.append([*row, f"{100 * difference:+.2f}"])
+            mean, std = stats[variant][digit] if stats[variant] else (None, None)
+            row += [_number(mean, ".2f", 100)] + ([_number(std, ".2f", 100)] if several else [])
+        means = [stats[v][digit][0] if stats[v] else None for v in ("bn", "nobn")]
+        difference = None if None in means else means[0] - means[1]
+        rows.append([*row, _number(difference, "+.2f", 100)])
     return [*header, "bn - nobn"], rows
 
 
+def _class_means(by_seed: dict, seeds: list[str]) -> list[tuple[float, float | None]] | None:
+    """Per class, the mean accuracy over `seeds` and its sample std (None
+    with one seed); None without seeds."""
+    if not seeds:
+        return None
+    columns = zip(*(by_seed[s]["class_accuracy"] for s in seeds), strict=True)
+    return [(m, s if len(seeds) > 1 else None) for m, s in (mean_std(c) for c in columns)]
+
+
 def build(context: Context) -> list[Block]:
+    """The report's blocks, in order."""
     statistics, p = context.statistics, context.params
-    accuracy_rows = []
-    for variant in LABELS:
-        best, best_epoch = _best_epoch(context.history, variant)
-        v = statistics[variant]
-        accuracy_rows.append(
-            [
-                LABELS[variant],
-                str(v["seeds"]),
-                pct(v["test_accuracy"]),
-                show_interval(v["test_accuracy_ci95"]),
-                "-" if v["test_accuracy_std"] is None else pct(v["test_accuracy_std"]),
-                "",
-                pct(best),
-                f"{best_epoch:g}",
-                f"{v['test_loss']:.4f}",
-                f"{_epoch_seconds(context.history, variant):.2f}",
-            ]
-        )
-    diff = statistics["bn_minus_nobn"]
-    p_value = diff["test_accuracy_p_value"]
-    accuracy_rows.append(
-        [
-            "bn - nobn (paired)",
-            str(diff["seeds"]),
-            f"{100 * diff['test_accuracy']:+.2f}",
-            show_interval(diff["test_accuracy_ci95"], sign="+"),
-            "-" if diff["test_accuracy_std"] is None else pct(diff["test_accuracy_std"]),
-            "-" if p_value is None else f"{p_value:.2g}",
-            "",
-            "",
-            f"{diff['test_loss']:+.4f}",
-            "",
-        ]
-    )
-    class_header, class_rows = per_class_table(context.evaluation)
+    class_header, class_rows = per_class_table(context.evaluation, statistics)
     run_rows = [
         [f"{section}.{key}", str(value)]
         for section, values in p.items()  # the params the models were trained with
@@ -196,39 +415,15 @@ def build(context: Context) -> list[Block]:
     run_rows += [[f"SHA-256 {name}", digest] for name, digest in sorted(context.digests.items())]
     figures = context.figures
     post_table, post_verdict = reproduction(statistics)
-    intervals = (
-        "95% CI: t-interval of the mean over seeds; the bn - nobn row pairs each seed's two "
-        "models (same initial weights, same batch order) and tests the mean difference with a "
-        "two-sided paired t-test."
-        if diff["seeds"] > 1
-        else "One seed: no interval or test (they need at least two seeds)."
-    )
+    over = "the seeds that learnt" if any_failed(statistics) else "seeds"
     return [
         Heading("BatchNorm vs no BatchNorm: a deep, narrow MLP on MNIST", 1),
         *(Paragraph(line) for line in findings(context)),
         Heading("Accuracy"),
-        Paragraph(
-            "Test accuracy (%) on the 10,000 MNIST test images after the last epoch, "
-            "mean across seeds with its 95% confidence interval and the seeds' sample std; "
-            f"best epoch and time per epoch (all seeds together) from training. {intervals}"
-        ),
-        Table(
-            [
-                "variant",
-                "seeds",
-                "final accuracy",
-                "95% CI",
-                "std",
-                "p (paired t-test)",
-                "best accuracy",
-                "best epoch",
-                "final test loss",
-                "s / epoch",
-            ],
-            accuracy_rows,
-        ),
+        Paragraph(accuracy_note(statistics)),
+        accuracy_table(statistics, context.history),
         Image(figures["seed_accuracies"], "Every seed's final test accuracy, paired by seed"),
-        Paragraph("Per class, test accuracy (%), mean (and std) across seeds:"),
+        Paragraph(f"Per class, test accuracy (%), mean (and std) across {over}:"),
         Table(class_header, class_rows),
         Heading("Reproducing the original post"),
         Paragraph(

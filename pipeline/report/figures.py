@@ -9,6 +9,7 @@ twice, which doubled the visualize stage's time.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -35,16 +36,18 @@ def activation_grid(
     image: np.ndarray, activations: dict[str, list[np.ndarray]], label: int, index: int
 ) -> Figure:
     """The seed's picture: the input, then every hidden layer's activations as
-    a square grey image; one row per variant, one grey scale per row."""
+    a square grey image; one row per variant, one grey scale per row. A
+    diverged network's activations are NaN: its row is blank, and says so."""
     depth = len(next(iter(activations.values())))
     fig = Figure(figsize=(1.3 * (depth + 1) + 0.8, 1.6 * len(activations) + 0.7))
     fig.subplots_adjust(left=0.04, right=1.02, top=0.86, bottom=0.03, wspace=0.12, hspace=0.3)
     axes = fig.subplots(len(activations), depth + 1, squeeze=False)
     for row, (variant, layers) in zip(axes, activations.items(), strict=True):
-        top = max(float(np.max(a)) for a in layers) or 1.0
+        top = _finite_max(layers) or 1.0
         row[0].imshow(image, cmap="gray")
         row[0].set_title("input", fontsize=8)
-        row[0].set_ylabel(LABELS[variant], fontsize=8)
+        blank = not any(np.isfinite(a).any() for a in layers)
+        row[0].set_ylabel(LABELS[variant] + ("\n(diverged: NaN)" if blank else ""), fontsize=8)
         for number, (ax, vector) in enumerate(zip(row[1:], layers, strict=True), start=1):
             shown = ax.imshow(square(vector), cmap="gray", vmin=0, vmax=top)
             ax.set_title(f"layer {number}", fontsize=8)
@@ -58,7 +61,8 @@ def activation_grid(
 
 def activation_distributions(activations: dict[str, list[np.ndarray]]) -> Figure:
     """Per hidden layer, histograms of the post-ReLU activations of both
-    variants over the same test images (log count)."""
+    variants over the same test images (log count). NaN values (a diverged
+    network's) are left out; a variant with nothing else says so in the legend."""
     depth = len(next(iter(activations.values())))
     cols = min(depth, 5)
     rows = math.ceil(depth / cols)
@@ -68,9 +72,10 @@ def activation_distributions(activations: dict[str, list[np.ndarray]]) -> Figure
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for number, ax in enumerate(axes[:depth], start=1):
         values = {v: layers[number - 1].ravel() for v, layers in activations.items()}
-        edges = np.linspace(0, max(float(x.max()) for x in values.values()) or 1.0, 41)
-        for variant, x in values.items():
-            zeros = float(np.mean(x == 0))
+        edges = np.linspace(0, _finite_max(values.values()) or 1.0, 41)
+        for variant, everything in values.items():
+            x = everything[np.isfinite(everything)]
+            zeros = f"{100 * float(np.mean(x == 0)):.0f}% zeros" if x.size else "diverged: NaN"
             counts, _ = np.histogram(x, bins=edges)
             # stairs: one filled outline per histogram, far cheaper to draw than 40 bars
             ax.stairs(
@@ -79,7 +84,7 @@ def activation_distributions(activations: dict[str, list[np.ndarray]]) -> Figure
                 fill=True,
                 alpha=0.55,
                 color=COLORS[variant],
-                label=f"{variant} ({100 * zeros:.0f}% zeros)",
+                label=f"{variant} ({zeros})",
             )
         ax.set_yscale("log")
         ax.yaxis.set_minor_locator(NullLocator())  # minor log ticks: slow, and clutter
@@ -94,6 +99,13 @@ def activation_distributions(activations: dict[str, list[np.ndarray]]) -> Figure
     return fig
 
 
+def _finite_max(arrays: Iterable[np.ndarray]) -> float:
+    """The largest finite value in any of the arrays; 0 when there is none."""
+    return max(
+        (float(a[np.isfinite(a)].max()) for a in arrays if np.isfinite(a).any()), default=0.0
+    )
+
+
 def _series(runs: dict[str, list[dict[str, float]]], key: str) -> tuple[np.ndarray, np.ndarray]:
     """(epochs, values) with one row of values per seed."""
     first = next(iter(runs.values()))
@@ -101,9 +113,24 @@ def _series(runs: dict[str, list[dict[str, float]]], key: str) -> tuple[np.ndarr
     return epochs, np.array([[row[key] for row in rows] for rows in runs.values()])
 
 
+def _finite_mean_std(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per epoch (column of `values`, one row per seed), the mean and sample
+    std (0 with one seed, as mean_std) over the seeds whose value is finite:
+    a diverged seed's NaN leaves it out from its divergence on. The mean is
+    NaN (not drawn) where every seed diverged."""
+    finite = np.isfinite(values)
+    count = finite.sum(0)
+    mean = np.where(finite, values, 0.0).sum(0) / np.where(count > 0, count, np.nan)
+    squares = np.where(finite, values - mean, 0.0) ** 2
+    std = np.sqrt(squares.sum(0) / np.where(count > 1, count - 1, np.nan))
+    return mean, np.where(count > 1, std, 0.0)
+
+
 def training_curves(history: History) -> Figure:
     """Train loss, test loss and test accuracy per epoch; mean across seeds,
-    with a band of one standard deviation when there are several."""
+    with a band of one standard deviation when there are several. A diverged
+    seed's values are NaN from its divergence on: from there the mean is over
+    the others (none left: no point), and the legend counts such seeds."""
     fig = Figure(figsize=(13, 3.8))
     fig.subplots_adjust(left=0.06, right=0.98, top=0.84, bottom=0.14, wspace=0.28)
     axes = fig.subplots(1, 3)
@@ -116,9 +143,11 @@ def training_curves(history: History) -> Figure:
         for variant, runs in history.items():
             epochs, values = _series(runs, key)
             scale = 100 if key == "test_accuracy" else 1
-            mean = scale * values.mean(0)
-            std = scale * values.std(0, ddof=1) if len(values) > 1 else 0 * mean  # as mean_std
-            label = f"{LABELS[variant]} ({len(runs)} seed{'s' if len(runs) > 1 else ''})"
+            mean, std = (scale * x for x in _finite_mean_std(values))
+            diverged = sum(not math.isfinite(rows[-1]["train_loss"]) for rows in runs.values())
+            label = f"{LABELS[variant]} ({len(runs)} seed{'s' if len(runs) > 1 else ''}" + (
+                f", {diverged} diverged)" if diverged else ")"
+            )
             ax.plot(epochs, mean, marker="o", color=COLORS[variant], label=label)
             if len(runs) > 1:
                 ax.fill_between(epochs, mean - std, mean + std, color=COLORS[variant], alpha=0.2)
@@ -133,7 +162,8 @@ def training_curves(history: History) -> Figure:
 
 def layer_diagnostics(history: History) -> Figure:
     """Per hidden layer over the epochs: the mean weight-gradient norm and the
-    fraction of dead units; one column per variant, one line per layer."""
+    fraction of dead units; one column per variant, one line per layer. Means
+    are over the seeds that have not diverged (see _finite_mean_std)."""
     variants = list(history)
     fig = Figure(figsize=(6 * len(variants), 7))
     fig.subplots_adjust(left=0.08, right=0.98, top=0.9, bottom=0.08, wspace=0.12, hspace=0.3)
@@ -146,7 +176,8 @@ def layer_diagnostics(history: History) -> Figure:
         for ax, variant in zip(axes_row, variants, strict=True):
             for layer in range(1, depth + 1):
                 epochs, values = _series(history[variant], f"layer_{layer:02d}/{metric}")
-                ax.plot(epochs, values.mean(0), color=colors[layer - 1], label=f"layer {layer}")
+                mean, _ = _finite_mean_std(values)
+                ax.plot(epochs, mean, color=colors[layer - 1], label=f"layer {layer}")
             ax.set_title(f"{ylabel.split(' (')[0]}, {LABELS[variant]}")
             ax.set_xlabel("epoch")
             ax.set_ylabel(ylabel)
@@ -197,12 +228,17 @@ def seed_accuracies(
     values: dict[str, list[float]],
     intervals: dict[str, list[float] | None],
     post: dict[str, float],
+    learnt: dict[str, list[bool]] | None = None,
 ) -> Figure:
     """Every seed's final test accuracy per variant (dots), their mean and 95%
     CI, a line joining each seed's two models; beside it each seed's gain
     (bn - nobn) with its mean and CI. `values` and `intervals` are fractions
     keyed by bn, nobn and bn_minus_nobn, values in seed order; `post` the
-    original post's single-run figures, drawn as stars."""
+    original post's single-run figures, drawn as stars. `learnt` (same keys,
+    in seed order; default: every seed learnt) marks the seeds that failed
+    to learn (for the gain, pairs where one did) with crosses and leaves them
+    out of the mean, as the intervals are."""
+    learnt = learnt or {v: [True] * len(x) for v, x in values.items()}
     fig = Figure(figsize=(10, 4.4))
     fig.subplots_adjust(left=0.08, right=0.98, top=0.84, bottom=0.14, wspace=0.35)
     accuracy, gain = fig.subplots(1, 2, gridspec_kw={"width_ratios": [2, 1]})
@@ -210,10 +246,13 @@ def seed_accuracies(
     for a, b in zip(values["bn"], values["nobn"], strict=True):
         accuracy.plot([0, 1], [100 * a, 100 * b], color="0.6", lw=1, zorder=1)
     for variant, x in positions.items():
-        dots = [100 * v for v in values[variant]]
-        accuracy.scatter([x] * len(dots), dots, color=COLORS[variant], zorder=2,
-                         label=f"{variant}: one dot per seed")  # fmt: skip
-        _mean_and_interval(accuracy, x + 0.12, values[variant], intervals[variant])
+        kept, failed = _split(values[variant], learnt[variant])
+        dots = [100 * v for v in kept]
+        if dots:
+            accuracy.scatter([x] * len(dots), dots, color=COLORS[variant], zorder=2,
+                             label=f"{variant}: one dot per seed")  # fmt: skip
+        _crosses(accuracy, x, failed, COLORS[variant], f"{variant}: failed to learn")
+        _mean_and_interval(accuracy, x + 0.12, kept, intervals[variant])
         accuracy.scatter([x - 0.12], [100 * post[variant]], marker="*", s=160, color="black",
                          zorder=3, label="original post (one run)" if variant == "bn" else None,
                          gid="post")  # fmt: skip
@@ -223,10 +262,11 @@ def seed_accuracies(
     accuracy.set_title("Per seed, joined by seed")
     accuracy.grid(alpha=0.3, axis="y")
     accuracy.legend(fontsize=7, loc="lower left")
-    differences = values["bn_minus_nobn"]
+    differences, failed = _split(values["bn_minus_nobn"], learnt["bn_minus_nobn"])
     gain.axhline(0, color="0.4", lw=1, ls="--")
     gain.scatter([0.0] * len(differences), [100 * d for d in differences], color="tab:green",
                  zorder=2)  # fmt: skip
+    _crosses(gain, 0.0, failed, "tab:green", None)
     _mean_and_interval(gain, 0.12, differences, intervals["bn_minus_nobn"])
     gain.scatter([-0.12], [100 * post["bn_minus_nobn"]], marker="*", s=160, color="black",
                  zorder=3, gid="post")  # fmt: skip
@@ -235,18 +275,37 @@ def seed_accuracies(
     gain.set_ylabel("gain (points)")
     gain.set_title("BatchNorm's gain per seed")
     gain.grid(alpha=0.3, axis="y")
-    seeds = len(differences)
+    seeds = len(values["bn_minus_nobn"])
+    crosses = ", failed to learn (crosses)" if not all(all(x) for x in learnt.values()) else ""
     fig.suptitle(
         f"Final test accuracy of {seeds} seed{'s' if seeds > 1 else ''}: "
-        "mean with 95% CI (bars), original post (stars)"
+        f"mean with 95% CI (bars), original post (stars){crosses}"
     )
     return fig
+
+
+def _split(values: list[float], learnt: list[bool]) -> tuple[list[float], list[float]]:
+    """(values of the seeds that learnt, values of those that did not)."""
+    return (
+        [v for v, ok in zip(values, learnt, strict=True) if ok],
+        [v for v, ok in zip(values, learnt, strict=True) if not ok],
+    )
+
+
+def _crosses(ax: Axes, x: float, values: list[float], color: str, label: str | None) -> None:
+    """The seeds that failed to learn, as crosses; nothing when none did."""
+    if values:
+        ax.scatter([x] * len(values), [100 * v for v in values], marker="x", color=color,
+                   zorder=2, label=label, gid="failed")  # fmt: skip
 
 
 def _mean_and_interval(
     ax: Axes, x: float, values: list[float], interval: list[float] | None
 ) -> None:
-    """A diamond at the mean, with the interval as an error bar (none with one seed)."""
+    """A diamond at the mean, with the interval as an error bar (none with one
+    seed); nothing without values (no seed learnt)."""
+    if not values:
+        return
     mean = 100 * float(np.mean(values))
     errors = None
     if interval is not None:

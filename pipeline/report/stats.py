@@ -15,6 +15,53 @@ from dataclasses import dataclass
 
 CONFIDENCE = 0.95
 
+# A seed fails to learn when its loss became NaN or infinite ("diverged") or
+# when its model ends near chance, 10% on ten balanced classes ("not
+# learning"): below NEAR_CHANCE test accuracy it learnt next to nothing.
+# Either way the seed is counted, not averaged: a mean over learners and
+# failures mixes two populations, and its t-interval can leave 0-100%.
+NEAR_CHANCE = 0.2
+CHANCE = 0.1  # a guess among ten classes
+LEARNT, DIVERGED, NOT_LEARNING = "learnt", "diverged", "not_learning"
+OUTCOMES = (LEARNT, DIVERGED, NOT_LEARNING)
+
+
+def outcome(test_accuracy: float, diverged: bool) -> str:
+    """What became of one seed (see NEAR_CHANCE)."""
+    if diverged:
+        return DIVERGED
+    return NOT_LEARNING if test_accuracy < NEAR_CHANCE else LEARNT
+
+
+def failures(outcomes: Sequence[str]) -> dict:
+    """How many seeds ended in each outcome, and the fraction that failed
+    (diverged or not learning) with its exact (Clopper-Pearson) 95% binomial
+    interval: with 0 of 5 failed it still runs to 52%."""
+    from scipy import stats
+
+    counts = {name: sum(o == name for o in outcomes) for name in OUTCOMES}
+    failed = len(outcomes) - counts[LEARNT]
+    interval = stats.binomtest(failed, len(outcomes)).proportion_ci(CONFIDENCE, method="exact")
+    return counts | {
+        "failed": failed,
+        "failed_fraction": failed / len(outcomes),
+        "failed_fraction_ci95": [float(interval.low), float(interval.high)],
+    }
+
+
+def failed_cell(outcomes: dict) -> str:
+    """A table cell for `failures(...)`: how many seeds failed to learn, how,
+    and the 95% interval of the failure rate: "0 (0 to 52%)"; "2: 1 diverged,
+    1 not learning (5 to 85%)"."""
+    low, high = (100 * x for x in outcomes["failed_fraction_ci95"])
+    how = [f"{outcomes[k]} {k.replace('_', ' ')}" for k in (DIVERGED, NOT_LEARNING) if outcomes[k]]
+    return f"{outcomes['failed']}{': ' + ', '.join(how) if how else ''} ({low:.0f} to {high:.0f}%)"
+
+
+def finite_or_none(value: float) -> float | None:
+    """JSON has no NaN: a diverged seed's loss is written as null."""
+    return value if math.isfinite(value) else None
+
 
 def mean_std(values: Iterable[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (n - 1; 0 for a single value): the

@@ -122,6 +122,11 @@ class Helper:
         entries = [Metric(key, float(value), now, epoch) for key, value in metrics.items()]
         self.client.log_batch(self._run_id(handle), metrics=entries)
 
+    def set_tags(self, handle: int, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self._run_id(handle), tags=[RunTag(k, v) for k, v in tags.items()])
+
     def log_file(self, handle: int, path: Path, folder: str) -> None:
         """Log a file; it must stay where it is until the tracker is closed."""
         self.client.log_artifact(self._run_id(handle), str(path), folder)
@@ -195,12 +200,15 @@ class Helper:
         dicts: dict[str, Any] | None = None,
         files: Sequence[Path] = (),
         folder: str | None = None,
+        tags: dict[str, str] | None = None,
+        name: str | None = None,
     ) -> bool:
-        """Add metrics, JSON artifacts and files to a finished run (one the
-        train stage recorded), leaving it finished. False (and a warning) when
+        """Add metrics, JSON artifacts, files and tags to a finished run (one
+        the train stage recorded), and rename it if `name` is given, leaving
+        it finished. False (and a warning) when
         the store does not have the run, e.g. models pulled from a DVC remote
         that were trained elsewhere; a store is never created to look."""
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric, RunTag
         from mlflow.exceptions import MlflowException
 
         db = sqlite_path(self.uri)
@@ -216,8 +224,11 @@ class Helper:
             return False
         now = int(time.time() * 1000)
         entries = [Metric(key, value, now, 0) for key, value in (metrics or {}).items()]
-        if entries:
-            self.client.log_batch(run_id, metrics=entries)
+        run_tags = [RunTag(key, value) for key, value in (tags or {}).items()]
+        if entries or run_tags:
+            self.client.log_batch(run_id, metrics=entries, tags=run_tags)
+        if name is not None:
+            self.client.update_run(run_id, name=name)
         for name, content in (dicts or {}).items():
             self.client.log_dict(run_id, content, name)
         for path in files:
