@@ -1,6 +1,8 @@
 # On a fresh clone:
 #   make run    reproduce the experiment (dvc repro)
-#   make study  the depth study: DVC experiments over study.depths (after make run)
+#   make study  the studies of params.yaml `studies`, one DVC experiment per point;
+#               STUDY=lr for one study; SHARE=i/n for this machine's share of the
+#               points, pushed to and pulled from the git remote REMOTE (origin)
 #   make test   lint, then the whole test suite
 # Each creates .venv with the project installed on first use, and again only
 # when pyproject.toml changes.
@@ -16,12 +18,19 @@ WITH_VENV := PATH="$(abspath $(BIN)):$$PATH" VIRTUAL_ENV="$(abspath $(VENV))"
 run: $(STAMP)
 	$(WITH_VENV) dvc repro
 
-# The depth study (params.yaml `study`): one DVC experiment per depth not yet
-# computed, run by DVC's queue, then the summary in reports/study/.
+# The studies (params.yaml `studies`): the workspace's own point (dvc repro),
+# one DVC experiment per point not yet computed, run by DVC's queue, then the
+# summaries in reports/study/ and the MLflow tags. With SHARE=i/n this machine
+# computes its share of the points, pushes them to REMOTE, and pulls the rest.
+STUDY ?=
+SHARE ?=
+REMOTE ?= origin
 study: $(STAMP)
-	$(WITH_VENV) python -m pipeline.study queue
+	$(WITH_VENV) dvc repro
+	$(WITH_VENV) python -m pipeline.study queue $(if $(STUDY),--study $(STUDY)) $(if $(SHARE),--share $(SHARE))
 	$(WITH_VENV) dvc exp run --run-all --jobs 1
-	$(WITH_VENV) python -m pipeline.study
+	$(if $(SHARE),$(WITH_VENV) python -m pipeline.study push $(if $(STUDY),--study $(STUDY)) --remote $(REMOTE))
+	$(WITH_VENV) python -m pipeline.study summarize $(if $(STUDY),--study $(STUDY)) $(if $(SHARE),--pull $(REMOTE))
 
 test: lint
 	$(WITH_VENV) python -m pytest

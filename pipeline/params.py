@@ -12,6 +12,7 @@ import difflib
 import json
 import os
 import re
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -24,6 +25,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from pipeline.errors import ParamsError
@@ -98,15 +100,29 @@ class TrackingParams(Section):
     log_model: bool
 
 
+StudyName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=40)]
+Value = bool | int | float | str | list[int] | list[float]  # what a model or train key holds
+
+
 class StudyParams(Section):
-    """`make study` (pipeline/study.py); no stage of `dvc repro` reads it."""
+    """One named study (`make study STUDY=<name>`, pipeline/study.py): a DVC
+    experiment per value of `param`, with `fixed` set in every point and the
+    rest as in the workspace. No stage of `dvc repro` reads it."""
 
-    depths: Annotated[list[Depth], Field(min_length=2, max_length=50)]  # a study: 2 or more
+    param: str  # a model or train key: model.depth, train.lr, ...
+    values: Annotated[list[Value], Field(min_length=2, max_length=50)]  # a study: 2 or more
+    fixed: dict[str, Value]  # other keys set for the whole study ({} for none)
 
-    @field_validator("depths")
+    @field_validator("values")
     @classmethod
-    def depths_unique(cls, depths: list[int]) -> list[int]:
-        return sorted(no_repeats(depths, "depth"))
+    def values_unique(cls, values: list[Value]) -> list[Value]:
+        repeated = [v for k, v in enumerate(values) if v in values[:k]]
+        if repeated:
+            raise ValueError(f"must not repeat a value (repeated: {repeated})")
+        return values
+
+
+STUDIED_SECTIONS = ("model", "train")  # what a study may vary or fix
 
 
 class Params(Section):
@@ -116,7 +132,53 @@ class Params(Section):
     evaluate: EvaluateParams
     visualize: VisualizeParams
     tracking: TrackingParams
-    study: StudyParams
+    studies: dict[StudyName, StudyParams]
+
+    @model_validator(mode="after")
+    def studies_are_valid_params(self) -> Params:
+        """Every key a study varies or fixes exists, and every point's params pass."""
+        problems = []
+        keys = studied_keys(self)
+        for name, study in self.studies.items():
+            where = f"studies.{name}"
+            unknown = [key for key in [study.param, *study.fixed] if key not in keys]
+            problems += [f"{where}: {key}: not a key a study can set; allowed: {', '.join(keys)}"
+                         for key in unknown]  # fmt: skip
+            if study.param in study.fixed:
+                problems.append(f"{where}.fixed: {study.param}: is the param the study varies")
+            if unknown or study.param in study.fixed:
+                continue
+            for k, value in enumerate(study.values):
+                try:
+                    with_overrides(self, study.fixed | {study.param: value})
+                except ParamsError as err:
+                    problems += [f"{where}.values[{k}] = {_show(value)}: {line}"
+                                 for line in err.lines]  # fmt: skip
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+
+def studied_keys(params: Params) -> list[str]:
+    return [key for section in STUDIED_SECTIONS
+            for key in flatten(getattr(params, section), f"{section}.")]  # fmt: skip
+
+
+def with_overrides(params: Params, overrides: Mapping[str, Any]) -> Params:
+    """params with dotted model/train keys set, checked as params.yaml is
+    (what `dvc exp run -S key=value` would make); ParamsError if not valid."""
+    sections = {name: getattr(params, name).model_dump() for name in STUDIED_SECTIONS}
+    for key, value in overrides.items():
+        section, _, name = key.partition(".")
+        sections[section][name] = value
+    try:
+        changed = {name: type(getattr(params, name)).model_validate(tree)
+                   for name, tree in sections.items()}  # fmt: skip
+    except ValidationError as err:
+        section = {"ModelParams": "model", "TrainParams": "train"}[err.title]
+        raise ParamsError(*(_describe({**e, "loc": (section, *e["loc"])})
+                            for e in err.errors())) from None  # fmt: skip
+    return params.model_copy(update=changed)
 
 
 class _Loader(yaml.SafeLoader):
@@ -166,7 +228,7 @@ def parse_params(text: str, source: str = "params.yaml") -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as err:
-        problems = [_describe(error) for error in err.errors()]
+        problems = [line for error in err.errors() for line in _describe(error).splitlines()]
         raise ParamsError(*(f"{source}: {p}" for p in problems)) from None
 
 
@@ -215,9 +277,15 @@ def _show(value: Any) -> str:
 
 def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
     model: type[BaseModel] = Params
-    for part in loc:
-        field = model.model_fields.get(str(part))
+    parts = list(loc)
+    while parts:
+        field = model.model_fields.get(str(parts.pop(0)))
         sub = field.annotation if field else None
+        if typing.get_origin(sub) is dict:  # studies: name -> StudyParams
+            if not parts:
+                return None
+            parts.pop(0)
+            sub = typing.get_args(sub)[1]
         if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
             return None
         model = sub
@@ -228,6 +296,8 @@ def _describe(error: dict[str, Any]) -> str:
     loc = tuple(error["loc"])
     key = _dotted(loc)
     kind = error["type"]
+    if not loc:  # a check of the whole file (Params' model validator): its own lines
+        return error["msg"].removeprefix("Value error, ")
     if kind == "missing":
         return f"{key}: missing: every section and key is required (see the committed params.yaml)"
     if kind == "extra_forbidden":

@@ -1,43 +1,58 @@
-"""The depth study: when does BatchNorm start to matter?
+"""Named studies: how BatchNorm's gain changes with one param.
 
-Every point of the study is a normal DVC experiment: the pipeline with
-`model.depth` set to one of `study.depths` (params.yaml) and everything else
-as in the workspace. DVC runs them (`make study`):
+Each study in params.yaml `studies` varies one model or train key over its
+`values`, with its `fixed` keys set in every point and everything else as in
+the workspace. Every point is a normal DVC experiment, run by DVC's queue
+(`make study`, or `make study STUDY=lr` for one):
 
-    python -m pipeline.study queue    # dvc exp run --queue -S 'model.depth=<the depths not yet computed>'
-    dvc exp run --run-all --jobs 1    # runs the queue, one experiment at a time
-    python -m pipeline.study          # reports/study/depth.md and depth.html
+    dvc repro                           # the workspace: the point every study shares
+    python -m pipeline.study queue      # dvc exp run --queue -S 'train.lr=<values not computed>'
+    dvc exp run --run-all --jobs 1      # runs the queue, one experiment at a time
+    python -m pipeline.study summarize  # reports/study/<study>.md and .html; MLflow tags
 
-`queue` leaves out the depths that already have a successful experiment
-with the workspace's params and stage code. The summary reads the
-experiments of every commit through `dvc exp show --json -A`, takes per
-depth the newest successful one, and reads its statistics
-(reports/statistics.json, reports/train/<variant>.json) at its commit with
-`dvc.api.read`. Plain `dvc repro` never runs the study.
+A point is computed once for the same params and code: `queue` leaves out
+the points that already have a successful (or queued, or running)
+experiment with exactly the point's params and the workspace's stage code,
+and the point whose params are the workspace's (its results are the
+workspace's own). The summary reads the experiments of every commit through
+`dvc exp show --json -A`, takes per point the newest successful one, and
+reads its statistics (reports/statistics.json, reports/train/<variant>.json)
+at its commit with `dvc.api.read`. Experiments with other params are never
+picked up; those with a point's params but other code are named as stale.
+
+Several machines share one study's points (docs/scale.md): `--share i/n`
+queues only the values at positions i, i+n, ... of the study's list; `push`
+sends this machine's points to the git and DVC remotes (`dvc exp push`), and
+`summarize --pull <remote>` fetches every machine's (`dvc exp pull`) first.
+Plain `dvc repro` never runs a study.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from pipeline import paths
+from pipeline import paths, tracking
 from pipeline.cli import run_stage, stage_parser
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_write_text, save_figure
 from pipeline.nn.model import VARIANTS
-from pipeline.params import Params, load_params
+from pipeline.params import Params, StudyParams, load_params
 from pipeline.report import study_report
 from pipeline.report.document import render_html, render_markdown
 
 log = logging.getLogger("study")
 
-VARIED = "model.depth"  # the one param the points may differ in (study.* aside)
+WORKSPACE = "workspace"  # the name of the point whose params are the workspace's
+TAG_PREFIX = "study."  # MLflow tag per study: study.<name> = the point's value
 
 
 @dataclass(frozen=True)
@@ -51,9 +66,39 @@ class Experiment:
     params: dict[str, Any]  # params.yaml, flattened: {"model.depth": 10, ...}
     code: dict[str, str]  # the pipeline's modules and data/raw: path -> hash
 
-    @property
-    def depth(self) -> int | None:
-        return self.params.get(VARIED)
+
+@dataclass(frozen=True)
+class Point:
+    """One value of a study: the params its experiment must have."""
+
+    study: str
+    value: Any
+    overrides: dict[str, Any]  # the study's param at `value`, and its fixed keys
+
+
+def study_points(name: str, study: StudyParams) -> list[Point]:
+    return [Point(name, value, study.fixed | {study.param: value}) for value in study.values]
+
+
+def comparable(params: dict[str, Any]) -> dict[str, Any]:
+    """The params that make two experiments different points (not the studies')."""
+    return {key: value for key, value in params.items() if not key.startswith("studies.")}
+
+
+def expected_params(point: Point, workspace: Experiment) -> dict[str, Any]:
+    return comparable(workspace.params) | point.overrides
+
+
+def what_differs(point: Point, workspace: Experiment) -> str:
+    """ "depth=20", "lr=0.1 epochs=3": the point's params that are not the
+    workspace's, by their last name; "" for the workspace's own point."""
+    return " ".join(f"{key.rsplit('.', 1)[-1]}={_shown(value)}"
+                    for key, value in point.overrides.items()
+                    if workspace.params.get(key) != value)  # fmt: skip
+
+
+def _shown(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -97,44 +142,78 @@ def parse_exp_show(shown: list[dict]) -> tuple[Experiment, list[Experiment]]:
     return workspace, experiments
 
 
-def setup_differences(points: Sequence[Experiment], code: bool = True) -> list[str]:
-    """What differs between the points other than the depth: one line per
-    param or (with `code`) code file, with each value and the points that have it."""
-    lines = []
-    kinds = [("param", lambda e: e.params)] + ([("code", lambda e: e.code)] if code else [])
-    for kind, get in kinds:
-        keys = sorted({k for e in points for k in get(e)})
-        for key in keys:
-            if key == VARIED or key.startswith("study."):
-                continue
-            holders: dict[str, list[str]] = {}
-            for e in points:
-                holders.setdefault(json.dumps(get(e).get(key)), []).append(e.name)
-            if len(holders) > 1:
-                shown = "; ".join(f"{value} in {', '.join(names)}"
-                                  for value, names in holders.items())  # fmt: skip
-                lines.append(f"{kind} {key}: {shown}")
-    return lines
+def find(
+    point: Point,
+    workspace: Experiment,
+    experiments: list[Experiment],
+    same_code: Callable[[Experiment], bool],
+) -> Experiment | str:
+    """The point's experiment: the workspace itself when its params are the
+    point's; else the newest successful experiment with exactly its params
+    and the workspace's code. Or why there is none: "running: <names>",
+    "queued: ...", "failed: ...", "stale: <names> ran other code", "missing"."""
+    wanted = expected_params(point, workspace)
+    if wanted == comparable(workspace.params):
+        return workspace
+    same_params = sorted((e for e in experiments if comparable(e.params) == wanted),
+                         key=lambda e: e.created)  # fmt: skip
+    current = [e for e in same_params if same_code(e)]
+    succeeded = [e for e in current if e.state == "success"]
+    if succeeded:
+        return succeeded[-1]
+    for state in ("running", "queued", "failed"):
+        names = [e.name for e in current if e.state == state]
+        if names:
+            return f"{state}: {', '.join(names)}"
+    if same_params:
+        return f"stale: {', '.join(e.name for e in same_params)} ran other code"
+    return "missing"
 
 
 def to_compute(
+    points: list[Point],
     workspace: Experiment,
     experiments: list[Experiment],
-    depths: list[int],
     same_code: Callable[[Experiment], bool],
-) -> list[int]:
-    """The depths with no successful (or queued, or running) experiment of
-    the workspace's params and code; `same_code(e)` tells whether the code
-    e's stages ran is the workspace's (the workspace's own dependency hashes
-    are those of its last `dvc repro`, not of its files)."""
-    done = {
-        e.depth
-        for e in experiments
-        if e.state != "failed"
-        and not setup_differences([e, workspace], code=False)
-        and same_code(e)
-    }
-    return [depth for depth in depths if depth not in done]
+) -> list[Point]:
+    """The points with no experiment of their params and the workspace's code
+    that succeeded, waits in the queue or runs; each set of params once
+    (studies may share a point). `same_code(e)` tells whether the code e's
+    stages ran is the workspace's."""
+    missing, seen = [], []
+    for point in points:
+        found = find(point, workspace, experiments, same_code)
+        wanted = expected_params(point, workspace)
+        waiting = isinstance(found, str) and found.startswith(("running", "queued"))
+        if isinstance(found, Experiment) or waiting or wanted in seen:
+            continue
+        seen.append(wanted)
+        missing.append(point)
+    return missing
+
+
+def share_of(values: list[Any], share: tuple[int, int] | None) -> list[Any]:
+    """This machine's values: with share (i, n), those at positions i, i + n,
+    ... (from 1) of the study's list; every value without."""
+    if share is None:
+        return values
+    i, n = share
+    return [value for k, value in enumerate(values) if k % n == i - 1]
+
+
+def queue_commands(points: list[Point], studies: dict[str, StudyParams]) -> list[list[str]]:
+    """One `dvc exp run --queue` per study with points to compute: DVC's own
+    sweep over the study's missing values (-S key=v1,v2), its fixed keys set."""
+    commands = []
+    for name, study in studies.items():
+        values = [p.value for p in points if p.study == name]
+        if not values:
+            continue
+        command = ["exp", "run", "--queue", "-S", f"{study.param}={','.join(map(_shown, values))}"]
+        for key, value in study.fixed.items():
+            command += ["-S", f"{key}={_shown(value)}"]
+        commands.append(command)
+    return commands
 
 
 def same_code_as_workspace(e: Experiment) -> bool:
@@ -148,25 +227,6 @@ def same_code_as_workspace(e: Experiment) -> bool:
         log.warning("git diff against %s (%s) failed, so it counts as other code: %s",
                     e.rev[:7], e.name, done.stderr.strip())  # fmt: skip
     return done.returncode == 0
-
-
-def choose_points(experiments: list[Experiment], depths: list[int]) -> dict[int, Experiment | str]:
-    """Per depth, the newest successful experiment; or why there is none
-    ("running: <names>", "queued: ...", "failed: ..." or "missing")."""
-    chosen: dict[int, Experiment | str] = {}
-    for depth in depths:
-        at_depth = sorted((e for e in experiments if e.depth == depth), key=lambda e: e.created)
-        succeeded = [e for e in at_depth if e.state == "success"]
-        if succeeded:
-            chosen[depth] = succeeded[-1]
-            continue
-        chosen[depth] = "missing"
-        for state in ("running", "queued", "failed"):
-            names = [e.name for e in at_depth if e.state == state]
-            if names:
-                chosen[depth] = f"{state}: {', '.join(names)}"
-                break
-    return chosen
 
 
 def read_results(point: Experiment, read: Callable[[str, str], str]) -> dict | str:
@@ -219,65 +279,186 @@ def _read_at(path: str, rev: str) -> str:
         raise FileNotFoundError(f"{path}: {err}") from None
 
 
-def queue(depths: list[int]) -> None:
+def workspace_current() -> bool:
+    """Whether the workspace's outputs are those of its params, code and
+    data (`dvc status` has nothing to report)."""
+    done = dvc("status", "--json")
+    return done.returncode == 0 and not json.loads(done.stdout or "{}")
+
+
+def _read_file(path: str, rev: str) -> str:
+    """The workspace's own file (`rev` is the workspace's)."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        raise FileNotFoundError(f"{path}: {err}") from None
+
+
+def reader(point: Experiment) -> Callable[[str, str], str]:
+    return _read_file if point.name == WORKSPACE else _read_at
+
+
+def queue(studies: dict[str, StudyParams], share: tuple[int, int] | None) -> None:
     workspace, experiments = parse_exp_show(exp_show())
-    missing = to_compute(workspace, experiments, depths, same_code_as_workspace)
-    computed = [d for d in depths if d not in missing]
-    if computed:
-        log.info("depths already computed with these params and code: %s", computed)
+    points = [p for name, study in studies.items() for p in study_points(name, study)
+              if p.value in share_of(study.values, share)]  # fmt: skip
+    missing = to_compute(points, workspace, experiments, same_code_as_workspace)
+    for name in studies:
+        done = [p.value for p in points if p.study == name and p not in missing]
+        if done:
+            log.info("%s: computed, queued or the workspace's already: %s", name, done)
     if not missing:
         log.info("nothing to queue")
         return
-    command = ["exp", "run", "--queue", "-S", f"{VARIED}={','.join(map(str, missing))}"]
-    log.info("dvc %s", " ".join(command))
-    done = dvc(*command)
+    for command in queue_commands(missing, studies):
+        log.info("dvc %s", " ".join(command))
+        done = dvc(*command)
+        if done.returncode != 0:
+            raise _failure(" ".join(command), done)
+
+
+def chosen_points(
+    name: str, study: StudyParams, workspace: Experiment, experiments: list[Experiment]
+) -> dict[Any, Experiment | str]:
+    """Per value, the point's experiment (or the workspace), or why none."""
+    chosen = {}
+    for point in study_points(name, study):
+        found = find(point, workspace, experiments, same_code_as_workspace)
+        if found is workspace and not workspace_current():
+            found = "the workspace's outputs are not up to date (`dvc status`): run `make run`"
+        chosen[point.value] = found
+    return chosen
+
+
+def push(studies: dict[str, StudyParams], remote: str) -> None:
+    """Send the studies' experiments made here to the git remote, and their
+    outputs to the DVC remote (`dvc exp push`): other machines pull them."""
+    workspace, experiments = parse_exp_show(exp_show())
+    names = sorted({e.name for name, study in studies.items()
+                    for e in chosen_points(name, study, workspace, experiments).values()
+                    if isinstance(e, Experiment) and e is not workspace})  # fmt: skip
+    if not names:
+        log.info("no experiment of %s to push", ", ".join(studies))
+        return
+    log.info("dvc exp push %s %s", remote, " ".join(names))
+    done = dvc("exp", "push", remote, *names)
     if done.returncode != 0:
-        raise _failure(" ".join(command), done)
+        raise _failure(f"exp push {remote}", done)
 
 
-def summarize(depths: list[int], dpi: int) -> None:
-    """Write the summary; refuse (writing nothing) when no depth has a
-    successful experiment or the points differ in more than depth."""
-    _, experiments = parse_exp_show(exp_show())
-    chosen = choose_points(experiments, depths)
-    points = [p for p in chosen.values() if isinstance(p, Experiment)]
-    if not points:
-        raise PipelineError(
-            f"no depth of study.depths {depths} has a successful DVC experiment "
-            f"({'; '.join(f'{d}: {why}' for d, why in chosen.items())}): run `make study`"
-        )
-    differences = setup_differences(points)
-    if differences:
-        raise PipelineError(
-            f"the study's points differ in more than {VARIED}:",
-            *differences,
-            "run `make study` again: it recomputes the depths whose params or code differ "
-            "from the workspace's",
-        )
-    results: dict[int, dict | str] = {}
-    for depth, point in chosen.items():
-        results[depth] = read_results(point, _read_at) if isinstance(point, Experiment) else point
-    names = {d: p.name for d, p in chosen.items() if isinstance(p, Experiment)}
-    blocks, figures = study_report.build(results, names, points[0].params)
-    folder = paths.STUDY_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, figure in figures.items():
-        save_figure(figure, folder / name, dpi)
-    atomic_write_text(folder / "depth.md", render_markdown(blocks))
-    atomic_write_text(folder / "depth.html", render_html(blocks, folder))
-    log.info("wrote %s and %s", folder / "depth.md", folder / "depth.html")
+def pull(remote: str) -> None:
+    """Fetch every experiment of the git remote, with its outputs (`dvc exp pull -A`)."""
+    log.info("dvc exp pull -A %s", remote)
+    done = dvc("exp", "pull", "--all-commits", remote)
+    if done.returncode != 0:
+        raise _failure(f"exp pull --all-commits {remote}", done)
+
+
+def summarize(studies: dict[str, StudyParams], params: Params) -> None:
+    """Write each study's summary and tag its points' MLflow runs; refuse
+    (writing nothing for it) a study with no point that has results, after
+    summarizing the others."""
+    workspace, experiments = parse_exp_show(exp_show())
+    refused = []
+    for name, study in studies.items():
+        chosen = chosen_points(name, study, workspace, experiments)
+        results = {v: read_results(p, reader(p)) if isinstance(p, Experiment) else p
+                   for v, p in chosen.items()}  # fmt: skip
+        points = {v: p for v, p in chosen.items() if isinstance(results[v], dict)}
+        if not points:
+            refused.append(
+                f"no point of study {name} has results "
+                f"({'; '.join(f'{_shown(v)}: {why}' for v, why in results.items())}): "
+                f"run `make study STUDY={name}`"
+            )
+            continue
+        names = {v: p.name for v, p in points.items()}
+        setting = comparable(workspace.params) | study.fixed
+        blocks, figures = study_report.build(name, study.param, results, names, setting)
+        folder = paths.STUDY_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        for figure_name, figure in figures.items():
+            save_figure(figure, folder / figure_name, params.visualize.dpi)
+        atomic_write_text(folder / f"{name}.md", render_markdown(blocks))
+        atomic_write_text(folder / f"{name}.html", render_html(blocks, folder))
+        log.info("wrote %s and %s", folder / f"{name}.md", folder / f"{name}.html")
+        tag_runs(name, study, points, workspace, params.tracking.experiment)
+    if refused:
+        raise PipelineError(*refused)
+
+
+def tag_runs(
+    name: str,
+    study: StudyParams,
+    points: dict[Any, Experiment],
+    workspace: Experiment,
+    experiment: str,
+) -> None:
+    """Tag every run of each point (parents and seeds) `study.<name>` = the
+    point's value, and name each point's parent runs by what differs from
+    the workspace ("bn depth=20"), so `mlflow ui` can filter a study and tell
+    its points apart. A run the store does not have is skipped with a warning."""
+    uri = tracking.tracking_uri(os.environ, Path.cwd())
+    with tracking.Tracker(uri, experiment) as tracker:
+        for value, point in points.items():
+            differs = what_differs(Point(name, value, study.fixed | {study.param: value}),
+                                   workspace)  # fmt: skip
+            tags = {f"{TAG_PREFIX}{name}": _shown(value)}
+            for variant in VARIANTS:
+                runs_file = paths.MODELS_DIR / variant / paths.RUNS_NAME
+                try:
+                    record = json.loads(reader(point)(str(runs_file), point.rev))
+                except (FileNotFoundError, ValueError) as err:
+                    log.warning("%s (%s): no MLflow runs to tag: %s", point.name, variant, err)
+                    continue
+                parent = record["parent_run_id"]
+                tracker.log_to_run(parent, tags=tags, name=f"{variant} {differs}".strip())
+                for run in record["runs"].values():
+                    tracker.log_to_run(run["run_id"], tags=tags)
+
+
+def share_argument(text: str) -> tuple[int, int]:
+    """ "i/n", 1 <= i <= n: this machine's share of each study's values."""
+    try:
+        i, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        i, n = 0, 0
+    if not 1 <= i <= n:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be i/n with 1 <= i <= n, e.g. 1/2")
+    return i, n
+
+
+def selected(params: Params, name: str | None) -> dict[str, StudyParams]:
+    if name is None:
+        return dict(params.studies)
+    if name not in params.studies:
+        raise PipelineError(f"no study {name!r} in params.yaml; studies: "
+                            f"{', '.join(params.studies) or 'none'}")  # fmt: skip
+    return {name: params.studies[name]}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = stage_parser(__doc__.splitlines()[0])
-    parser.add_argument("action", nargs="?", choices=["summarize", "queue"], default="summarize",
-                        help="queue the missing points, or summarize (default)")  # fmt: skip
+    parser.add_argument("action", nargs="?", choices=["summarize", "queue", "push"],
+                        default="summarize",
+                        help="queue the missing points, push them, or summarize (default)")  # fmt: skip
+    parser.add_argument("--study", help="one study of params.yaml `studies` (default: all)")
+    parser.add_argument("--share", type=share_argument, metavar="I/N",
+                        help="queue only this machine's share of the values")  # fmt: skip
+    parser.add_argument("--remote", default="origin", help="git remote for push (default origin)")
+    parser.add_argument("--pull", metavar="REMOTE",
+                        help="summarize: first pull every experiment from this git remote")  # fmt: skip
     args = parser.parse_args(argv)
-    params: Params = load_params(args.params)
+    params = load_params(args.params)
+    studies = selected(params, args.study)
     if args.action == "queue":
-        queue(params.study.depths)
+        queue(studies, args.share)
+    elif args.action == "push":
+        push(studies, args.remote)
     else:
-        summarize(params.study.depths, params.visualize.dpi)
+        if args.pull:
+            pull(args.pull)
+        summarize(studies, params)
 
 
 if __name__ == "__main__":

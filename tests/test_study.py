@@ -1,25 +1,34 @@
-"""The depth study on synthetic experiment records: which points it computes,
-which it summarizes, its maths, and its refusal of points that differ in
-more than depth. (tests/test_study_e2e.py runs a tiny study through DVC.)"""
+"""Named studies on synthetic experiment records: which points each study
+computes and which experiment it reads for each, the commands that queue
+them, the summary's numbers and sentences, and the checks of params.yaml
+`studies`. (tests/test_study_e2e.py runs a tiny study through DVC.)"""
 
 from __future__ import annotations
 
+import argparse
 import json
+import math
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipeline import paths, study
-from pipeline.errors import PipelineError
+from pipeline.errors import ParamsError, PipelineError
+from pipeline.evaluate import Evaluation, summarize
+from pipeline.params import StudyParams, parse_params
 from pipeline.report import study_report
-from pipeline.report.document import Image, Paragraph, Table
+from pipeline.report.document import Heading, Image, Paragraph, Table
+
+DEPTH = {"param": "model.depth", "values": [2, 4, 10], "fixed": {}}  # as params.yaml has it
 
 
-def record(rev: str, depth: int, *, lr: float = 0.001, code: str = "c1", failed: bool = False,
-           time: str = "2026-11-27T12:00:00", depths: tuple = (2, 4)) -> dict:  # fmt: skip
+def record(rev: str, depth: int = 10, *, lr: float = 0.001, code: str = "c1",
+           failed: bool = False, time: str = "2026-11-27T12:00:00",
+           studies: dict | None = None) -> dict:  # fmt: skip
     """One revision as `dvc exp show --json` writes it."""
     params = {"model": {"depth": depth, "width": 64}, "train": {"lr": lr, "seeds": [0, 1]},
-              "study": {"depths": list(depths)}}  # fmt: skip
+              "studies": studies or {"depth": DEPTH}}  # fmt: skip
     deps = {"pipeline/train.py": {"hash": code}, "data/raw": {"hash": "raw"},
             "data/models/bn": {"hash": f"models-{rev}"}}  # fmt: skip
     data = {"rev": rev, "timestamp": time, "params": {"params.yaml": {"data": params}},
@@ -31,7 +40,7 @@ def record(rev: str, depth: int, *, lr: float = 0.001, code: str = "c1", failed:
 def shown(workspace: dict, *experiments: tuple) -> list[dict]:
     """`dvc exp show --json` of the workspace and one baseline with these
     (name, record) or (name, record, queue state) experiments."""
-    baseline = record("b" * 40, 10) | {"name": "main"}
+    baseline = record("b" * 40) | {"name": "main"}
     baseline["experiments"] = [
         {"name": e[0], "revs": [e[1]], "executor": {"state": e[2]} if len(e) > 2 else None}
         for e in experiments
@@ -39,155 +48,447 @@ def shown(workspace: dict, *experiments: tuple) -> list[dict]:
     return [workspace | {"rev": "workspace"}, baseline]
 
 
+def same_code(e: study.Experiment) -> bool:
+    """As git would answer for a workspace whose pipeline/train.py is "c1"."""
+    return e.code["pipeline/train.py"] == "c1"
+
+
+def depth(value: int) -> study.Point:
+    return study.Point("depth", value, {"model.depth": value})
+
+
+def studies(**named: dict) -> dict[str, StudyParams]:
+    return {name: StudyParams(**fields) for name, fields in named.items()}
+
+
+# What each study computes, and which experiment is each point's.
+
+
 def test_exp_show_is_read_into_experiments_with_flat_params_and_code() -> None:
-    workspace, experiments = study.parse_exp_show(
-        shown(
-            record("workspace", 10), ("d2", record("e1", 2)), ("bad", record("e2", 4, failed=True))
-        )
-    )
-    assert workspace.name == "workspace" and workspace.depth == 10
-    first, second = experiments
-    assert (first.name, first.rev, first.depth, first.state) == ("d2", "e1", 2, "success")
-    assert first.params["train.seeds"] == [0, 1] and first.params["train.lr"] == 0.001
-    assert first.code == {"pipeline/train.py": "c1", "data/raw": "raw"}  # not the models
-    assert second.state == "failed"
-
-
-def test_only_depths_without_a_successful_point_of_the_same_setup_are_queued() -> None:
     workspace, experiments = study.parse_exp_show(shown(
         record("workspace", 10),
-        ("same", record("e1", 2)),
-        ("other-lr", record("e2", 4, lr=0.01)),
-        ("other-code", record("e3", 6, code="c2")),
-        ("failed", record("e4", 10, failed=True)),
-        ("other-study-list", record("e5", 15, depths=(15,))),  # study.* is not the setup
-        ("waiting", record("e6", 20), "queued"),  # queued already: not twice
+        ("d2", record("e1", 2)),
+        ("bad", record("e2", 4, failed=True)),
+        ("waiting", record("e3", 6), "queued"),
+        ("now", record("e4", 15), "running"),
     ))  # fmt: skip
+    assert (workspace.name, workspace.state, workspace.params["model.depth"]) == (
+        "workspace", "success", 10)  # fmt: skip
+    first, failed, queued, running = experiments
+    assert (first.name, first.rev, first.created, first.state) == (
+        "d2", "e1", "2026-11-27T12:00:00", "success")  # fmt: skip
+    assert first.params == {
+        "model.depth": 2, "model.width": 64, "train.lr": 0.001, "train.seeds": [0, 1],
+        "studies.depth.param": "model.depth", "studies.depth.values": [2, 4, 10],
+    }  # fmt: skip
+    assert first.code == {"pipeline/train.py": "c1", "data/raw": "raw"}  # not the models
+    assert study.comparable(first.params) == {
+        "model.depth": 2, "model.width": 64, "train.lr": 0.001, "train.seeds": [0, 1]
+    }  # fmt: skip
+    assert [e.state for e in (failed, queued, running)] == ["failed", "queued", "running"]
 
-    def same_code(e: study.Experiment) -> bool:  # as git would answer for the workspace
-        return e.code["pipeline/train.py"] == "c1"
 
-    depths = [2, 4, 6, 10, 15, 20]
-    assert study.to_compute(workspace, experiments, depths, same_code) == [4, 6, 10]
+def test_exp_show_of_every_commit_holds_the_experiments_of_each() -> None:
+    older = record("a" * 40) | {"name": None, "experiments": [
+        {"name": "old-d2", "revs": [record("e0", 2)], "executor": None},
+        {"name": None, "revs": [record("e9", 4)], "executor": {"state": "queued"}},  # unnamed
+    ]}  # fmt: skip
+    _, experiments = study.parse_exp_show([*shown(record("workspace"), ("d6", record("e1", 6))),
+                                           older])  # fmt: skip
+    assert [(e.name, e.params["model.depth"]) for e in experiments] == [
+        ("d6", 6), ("old-d2", 2), ("e9", 4)]  # fmt: skip
+    with pytest.raises(PipelineError, match="listed no workspace"):
+        study.parse_exp_show([older])
 
 
-def test_the_newest_successful_experiment_is_each_depths_point() -> None:
-    _, experiments = study.parse_exp_show(shown(
+def test_a_study_has_a_point_per_value_with_its_fixed_keys() -> None:
+    lr = StudyParams(param="train.lr", values=[0.001, 0.01], fixed={"model.depth": 4})
+    assert study.study_points("lr", lr) == [
+        study.Point("lr", 0.001, {"model.depth": 4, "train.lr": 0.001}),
+        study.Point("lr", 0.01, {"model.depth": 4, "train.lr": 0.01}),
+    ]
+
+
+def test_the_workspace_point_is_the_workspace() -> None:
+    workspace, experiments = study.parse_exp_show(shown(
+        record("workspace", 10, studies={"depth": DEPTH | {"values": [2, 10, 20]}}),
+        ("same-as-workspace", record("e1", 10, time="2026-11-28T00:00:00")),
+    ))  # fmt: skip
+    assert study.find(depth(10), workspace, experiments, same_code) is workspace
+
+
+def test_the_newest_successful_experiment_with_the_points_params_and_code_wins() -> None:
+    workspace, experiments = study.parse_exp_show(shown(
         record("workspace", 10),
         ("old", record("e1", 2, time="2026-11-27T10:00:00")),
         ("new", record("e2", 2, time="2026-11-27T11:00:00")),
         ("newer-but-failed", record("e3", 2, time="2026-11-27T12:00:00", failed=True)),
-        ("only-failed", record("e4", 4, failed=True)),
-        ("later", record("e5", 10, time="2026-11-27T13:00:00"), "queued"),
-        ("now", record("e6", 15), "running"),
-        ("gone", record("e7", 15, failed=True)),
+        ("newer-other-code", record("e4", 2, time="2026-11-27T13:00:00", code="c2")),
+        ("newer-other-lr", record("e5", 2, time="2026-11-27T14:00:00", lr=0.01)),
+        ("newer-queued", record("e6", 2, time="2026-11-27T15:00:00"), "queued"),
+        ("other-study-list", record("e7", 4, studies={"depth": DEPTH | {"values": [4, 8]}})),
     ))  # fmt: skip
-    chosen = study.choose_points(experiments, [2, 4, 6, 10, 15])
-    assert chosen[2].name == "new"
-    assert chosen[4] == "failed: only-failed"
-    assert chosen[6] == "missing"
-    # a queued point's commit holds the workspace's old reports: never read as results
-    assert chosen[10] == "queued: later"
-    assert chosen[15] == "running: now"
+    assert study.find(depth(2), workspace, experiments, same_code).name == "new"
+    # what params.yaml `studies` said when it ran does not make another point
+    assert study.find(depth(4), workspace, experiments, same_code).name == "other-study-list"
 
 
-def test_points_that_differ_in_more_than_depth_are_named() -> None:
-    _, experiments = study.parse_exp_show(shown(
+def test_experiments_that_differ_in_any_other_param_are_never_a_point() -> None:
+    workspace, experiments = study.parse_exp_show(shown(
         record("workspace", 10),
-        ("a", record("e1", 2)), ("b", record("e2", 4, lr=0.01)), ("c", record("e3", 6, code="c2")),
+        ("other-lr", record("e1", 4, lr=0.01)),
+        ("other-lr-stale", record("e2", 4, lr=0.01, code="c2")),
+        ("other-lr-queued", record("e3", 4, lr=0.01), "queued"),
     ))  # fmt: skip
-    assert study.setup_differences(experiments) == [
-        "param train.lr: 0.001 in a, c; 0.01 in b",
-        'code pipeline/train.py: "c1" in a, b; "c2" in c',
+    assert study.find(depth(4), workspace, experiments, same_code) == "missing"
+
+
+def test_a_point_without_a_successful_experiment_says_why() -> None:
+    workspace, experiments = study.parse_exp_show(shown(
+        record("workspace", 10),
+        ("stale-a", record("e1", 2, code="c2")),
+        ("stale-b", record("e2", 2, code="c3", failed=True)),
+        ("broken", record("e3", 4, failed=True)),
+        ("broken-too", record("e4", 4), "failed"),  # failed in DVC's queue
+        ("later", record("e5", 6, failed=True)),
+        ("later", record("e6", 6), "queued"),
+        ("now", record("e7", 15), "running"),
+        ("next", record("e8", 15), "queued"),
+        ("stale-but-done", record("e9", 20, code="c2")),
+        ("current-but-failed", record("e10", 20, failed=True)),
+    ))  # fmt: skip
+
+    def why(value: int) -> str:
+        return study.find(depth(value), workspace, experiments, same_code)
+
+    assert why(2) == "stale: stale-a, stale-b ran other code"
+    assert why(4) == "failed: broken, broken-too"
+    assert why(6) == "queued: later"  # waiting beats failed
+    assert why(15) == "running: now"  # running beats queued
+    assert why(20) == "failed: current-but-failed"  # stale ones only when none is current
+    assert why(30) == "missing"
+
+
+def test_only_points_without_a_current_experiment_are_computed() -> None:
+    workspace, experiments = study.parse_exp_show(shown(
+        record("workspace", 10),
+        ("done", record("e1", 2)),
+        ("waiting", record("e2", 6), "queued"),
+        ("now", record("e3", 15), "running"),
+        ("broken", record("e4", 20, failed=True)),
+        ("stale", record("e5", 30, code="c2")),
+        ("other-lr", record("e6", 40, lr=0.01)),
+    ))  # fmt: skip
+    points = [depth(v) for v in (2, 4, 6, 10, 15, 20, 30, 40)]
+    missing = study.to_compute(points, workspace, experiments, same_code)
+    assert [p.value for p in missing] == [4, 20, 30, 40]
+
+
+def test_a_point_shared_by_two_studies_is_computed_once() -> None:
+    workspace, experiments = study.parse_exp_show(shown(
+        record("workspace", 10),
+        ("lr-at-depth-10", record("e1", 10, lr=0.01)),  # not the lr study's: its depth is 4
+    ))  # fmt: skip
+    named = studies(
+        depth={"param": "model.depth", "values": [2, 4, 10], "fixed": {}},
+        lr={"param": "train.lr", "values": [0.001, 0.01], "fixed": {"model.depth": 4}},
+    )
+    points = [p for name, s in named.items() for p in study.study_points(name, s)]
+    missing = study.to_compute(points, workspace, experiments, same_code)
+    # lr = 0.001 at depth 4 is depth = 4 at the workspace's lr: one experiment for both
+    assert [(p.study, p.value) for p in missing] == [("depth", 2), ("depth", 4), ("lr", 0.01)]
+    assert study.queue_commands(missing, named) == [
+        ["exp", "run", "--queue", "-S", "model.depth=2,4"],
+        ["exp", "run", "--queue", "-S", "train.lr=0.01", "-S", "model.depth=4"],
     ]
-    assert study.setup_differences(experiments[:1]) == []
 
 
-def results(bn: list[float], nobn: list[float], dead: list[float], grads: list[float]) -> dict:
-    """A point's statistics.json and train summaries, as the stages write them."""
-    from pipeline.evaluate import Evaluation, summarize
+def test_a_value_added_to_a_study_computes_only_that_point() -> None:
+    before = {"depth": DEPTH}
+    after = {"depth": DEPTH | {"values": [2, 4, 10, 20]}}
+    workspace, experiments = study.parse_exp_show(shown(
+        record("workspace", 10, studies=after),
+        ("d2", record("e1", 2, studies=before)),
+        ("d4", record("e2", 4, studies=before)),
+    ))  # fmt: skip
+    points = study.study_points("depth", StudyParams(**after["depth"]))
+    assert study.to_compute(points, workspace, experiments, same_code) == [depth(20)]
 
-    def by_seed(values: list[float]) -> dict[int, Evaluation]:
-        return {seed: Evaluation(v, 0.1, [[0]]) for seed, v in enumerate(values)}
 
-    layers = {"dead_fraction": dead, "grad_norm": grads}
-    return {"statistics": summarize({"bn": by_seed(bn), "nobn": by_seed(nobn)}),
-            "bn": {"layers": {"dead_fraction": [0.0] * len(dead), "grad_norm": [1.0] * len(grads)}},
-            "nobn": {"layers": layers}}  # fmt: skip
+# Shares of the values, and the commands that queue them.
 
 
-def test_a_row_holds_the_paired_gain_and_the_diagnostics() -> None:
-    r = study_report.row(4, "d4", results([0.97, 0.96, 0.98], [0.95, 0.95, 0.96],
-                                          [0.1, 0.2, 0.3, 0.4], [0.5, 1, 1, 2]))  # fmt: skip
-    assert r.seeds == 3
-    assert r.accuracy["bn"][0] == pytest.approx(0.97)
-    assert r.gain == pytest.approx(0.05 / 3)
-    assert r.gain_ci[0] < r.gain < r.gain_ci[1] and 0 < r.p_value < 1
-    assert r.dead == {"bn": 0.0, "nobn": pytest.approx(0.25)}
-    assert r.grad_ratio == {"bn": 1.0, "nobn": 0.25}
+def test_a_share_is_every_nth_value_from_the_ith() -> None:
+    values = [2, 4, 6, 10, 15]
+    assert study.share_of(values, None) == values
+    assert study.share_of(values, (1, 1)) == values
+    assert study.share_of(values, (1, 2)) == [2, 6, 15]
+    assert study.share_of(values, (2, 2)) == [4, 10]
+    assert study.share_of(values, (3, 3)) == [6]
+    assert study.share_of([2, 4], (3, 3)) == []
+    shares = [study.share_of(values, (i, 3)) for i in (1, 2, 3)]
+    assert sorted(v for share in shares for v in share) == values  # each value once
+
+
+@pytest.mark.parametrize("text, share", [("1/2", (1, 2)), ("2/2", (2, 2)), ("1/1", (1, 1))])
+def test_a_share_argument_is_i_of_n(text: str, share: tuple[int, int]) -> None:
+    assert study.share_argument(text) == share
+
+
+@pytest.mark.parametrize("text", ["0/2", "3/2", "x", "1/0", "-1/2", "1/2/3", "1", ""])
+def test_a_share_outside_1_to_n_is_refused(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError) as caught:
+        study.share_argument(text)
+    assert str(caught.value) == f"{text!r}: must be i/n with 1 <= i <= n, e.g. 1/2"
+
+
+def test_the_command_line_refuses_a_bad_share(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as caught:
+        study.main(["queue", "--share", "3/2"])
+    assert caught.value.code == 2
+    assert "'3/2': must be i/n with 1 <= i <= n" in capsys.readouterr().err
+
+
+def test_queue_commands_write_values_as_dvc_reads_them() -> None:
+    named = studies(
+        lr={"param": "train.lr", "values": [1e-05, 0.1, 1.0], "fixed": {}},
+        depth={"param": "model.depth", "values": [2, 20], "fixed": {
+            "train.eps": 1e-08, "train.device": "cpu", "train.cuda_graph": False,
+            "train.betas": [0.9, 0.99]}},
+        untouched={"param": "model.width", "values": [32, 64], "fixed": {}},
+    )  # fmt: skip
+    points = [study.Point("lr", v, {}) for v in (1e-05, 1.0)] + [study.Point("depth", 20, {})]
+    assert study.queue_commands(points, named) == [
+        ["exp", "run", "--queue", "-S", "train.lr=1e-05,1.0"],
+        ["exp", "run", "--queue", "-S", "model.depth=20", "-S", "train.eps=1e-08",
+         "-S", "train.device=cpu", "-S", "train.cuda_graph=false",
+         "-S", "train.betas=[0.9, 0.99]"],
+    ]  # fmt: skip
+    assert study.queue_commands([], named) == []
+
+
+def test_what_differs_names_the_points_params_that_are_not_the_workspaces() -> None:
+    workspace = study.Experiment("workspace", "", "", "success",
+                                 {"model.depth": 10, "train.lr": 0.001, "train.device": "auto"},
+                                 {})  # fmt: skip
+    assert study.what_differs(depth(20), workspace) == "depth=20"
+    assert study.what_differs(depth(10), workspace) == ""
+    assert study.what_differs(study.Point("lr", 0.01, {"model.depth": 4, "train.lr": 0.01}),
+                              workspace) == "depth=4 lr=0.01"  # fmt: skip
+    assert study.what_differs(study.Point("lr", 1e-05, {"model.depth": 10, "train.lr": 1e-05}),
+                              workspace) == "lr=1e-05"  # fmt: skip
+    assert study.what_differs(study.Point("d", "cpu", {"train.device": "cpu"}),
+                              workspace) == "device=cpu"  # fmt: skip
+
+
+def test_a_study_is_chosen_by_name(params_dict: dict) -> None:
+    params = parse_params(yaml.safe_dump(params_dict, sort_keys=False))
+    assert list(study.selected(params, None)) == ["depth", "batch_size", "lr"]
+    assert study.selected(params, "lr") == {"lr": params.studies["lr"]}
+    with pytest.raises(PipelineError) as caught:
+        study.selected(params, "width")
+    assert caught.value.lines == (
+        "no study 'width' in params.yaml; studies: depth, batch_size, lr",
+    )
+
+
+# The summary: rows, sentences, the table and the report.
+
+
+def evaluation(outcome: float | str) -> Evaluation:
+    """One seed's evaluation: its test accuracy, or "diverged"."""
+    if outcome == "diverged":
+        return Evaluation(0.098, math.nan, [[0]], diverged=True)
+    return Evaluation(outcome, 0.1, [[0]])
+
+
+def results(bn: list, nobn: list, dead: tuple[float, ...] = (0.1, 0.3),
+            grads: tuple[float, ...] = (0.5, 2.0)) -> dict:  # fmt: skip
+    """A point's statistics.json and train summaries, as the stages write
+    them; per seed its test accuracy or "diverged". Without BatchNorm the
+    layers hold `dead` and `grads`, with it no dead unit and even norms;
+    None (as train writes them) for a variant where no seed learnt."""
+    statistics = summarize({"bn": {s: evaluation(o) for s, o in enumerate(bn)},
+                            "nobn": {s: evaluation(o) for s, o in enumerate(nobn)}})  # fmt: skip
+
+    def layers(variant: str, dead: list, grads: list) -> dict:
+        learnt = statistics[variant]["learnt"] > 0
+        return {"layers": {"dead_fraction": list(dead) if learnt else [None] * len(dead),
+                           "grad_norm": list(grads) if learnt else [None] * len(grads)}}  # fmt: skip
+
+    return {"statistics": statistics, "bn": layers("bn", [0.0] * len(dead), [1.0] * len(grads)),
+            "nobn": layers("nobn", dead, grads)}  # fmt: skip
+
+
+T_975_DF2 = 4.302652729911275  # t quantile, 2 degrees of freedom, 97.5%: from a printed table
+LEARNT_BN = [0.97, 0.96, 0.98, 0.97, 0.97]  # mean 97.00, 95% CI 96.12 to 97.88
 
 
 def rows(gains: dict[int, list[float]]) -> list[study_report.Row]:
     """Rows whose per-seed gains are `gains[depth]` (nobn at 0.9)."""
-    return [study_report.row(d, f"d{d}", results([0.9 + g for g in per_seed], [0.9] * len(per_seed),
-                                                  [0.0], [1.0]))
+    return [study_report.row(d, f"d{d}", results([0.9 + g for g in per_seed], [0.9] * len(per_seed)))
             for d, per_seed in gains.items()]  # fmt: skip
 
 
-def test_the_finding_names_the_smallest_depth_whose_interval_excludes_zero() -> None:
-    text = study_report.finding(rows({2: [-0.002, 0.003, 0.0], 4: [0.004, 0.006, 0.005],
-                                      6: [0.01, 0.012, 0.011]}))  # fmt: skip
-    assert text.startswith("BatchNorm's gain goes from +0.03 points (95% CI ")
-    assert (
-        "Its 95% CI excludes zero from depth 4 on (+0.50 points, 95% CI +0.25 to +0.75; p = "
-        in text
+def test_a_row_holds_accuracies_over_learners_failures_and_diagnostics() -> None:
+    r = study_report.row(20, "d20", results(LEARNT_BN, [0.95, "diverged", 0.11, 0.94, 0.96]))
+    assert (r.value, r.name, r.seeds, r.pairs) == (20, "d20", 5, 3)  # seeds 0, 3 and 4
+    assert r.accuracy["bn"][0] == pytest.approx(0.97)
+    assert r.accuracy["nobn"][0] == pytest.approx(0.95)  # the three that learnt
+    assert r.gain == pytest.approx(0.02)  # 0.02, 0.03, 0.01
+    half = T_975_DF2 * 0.01 / math.sqrt(3)  # differences' sample std 0.01, 3 pairs
+    assert r.gain_ci == pytest.approx([0.02 - half, 0.02 + half])
+    assert r.p_value == pytest.approx(1 - 2 * math.sqrt(3) / math.sqrt(14))  # t = 2 sqrt(3), df 2
+    assert (r.failed("bn"), r.failed("nobn")) == (0, 2)
+    nobn = r.outcomes["nobn"]
+    assert (nobn["learnt"], nobn["diverged"], nobn["not_learning"]) == (3, 1, 1)
+    assert nobn["failed_fraction_ci95"] == pytest.approx([0.0527450, 0.8533672])  # exact binomial
+    assert r.dead == {"bn": 0.0, "nobn": pytest.approx(0.2)}
+    assert r.grad_ratio == {"bn": 1.0, "nobn": 0.25}
+    assert study_report.failed_cell(nobn, 5) == (
+        "2 of 5 (1 diverged, 1 not learning; 95% CI 5 to 85%)"
     )
-    assert text.endswith("), and at every deeper point; at 2 layers it does not.")
-    already = study_report.finding(rows({4: [0.004, 0.006, 0.005], 6: [-0.01, 0.01, 0.0]}))
-    assert "excludes zero already at the shallowest depth studied, 4 (" in already
-    assert already.endswith("), though not at every deeper point.")
+    assert study_report.failed_cell(r.outcomes["bn"], 5) == "0 of 5"
 
 
-def test_the_finding_says_when_no_depth_or_no_interval_allows_a_call() -> None:
-    none = study_report.finding(rows({2: [-0.01, 0.01, 0.0], 4: [0.02, -0.02, 0.001]}))
-    assert none.endswith("At no depth does the gain's 95% CI exclude zero.")
-    single = study_report.finding(rows({2: [0.01], 4: [0.02]}))
-    assert "from +1.00 points at depth 2 to +2.00 points at depth 4." in single
-    assert single.endswith("no depth can be called.")
-    assert study_report.finding([]).startswith("No point of the study has results yet")
+def test_without_failures_the_finding_gives_the_gain_and_where_its_interval_lies() -> None:
+    found = rows({2: [-0.002, 0.003, 0.0], 4: [0.004, 0.006, 0.005]})
+    assert study_report.failure_sentences(found, "depth") == []
+    p_value = 1 - 5 * math.sqrt(3) / math.sqrt(77)  # t = 0.005 / (0.001 / sqrt(3)), df 2
+    assert f"{p_value:.2g}" == "0.013"
+    assert study_report.finding(found, "depth") == (
+        "BatchNorm's gain goes from +0.03 points (95% CI -0.59 to +0.66) at depth = 2 to "
+        "+0.50 points (95% CI +0.25 to +0.75) at depth = 4. Its 95% CI lies above zero at "
+        "depth 4; it includes zero at depth 2. The clearest is at depth = 4 (+0.50 points, "
+        "95% CI +0.25 to +0.75; paired t-test p = 0.013)."
+    )
 
 
-def test_the_finding_names_seeds_that_learnt_nothing() -> None:
-    r = study_report.row(20, "d20", results([0.97, 0.96, 0.97], [0.1135, 0.91, 0.1135],
-                                            [0.5], [1.0]))  # fmt: skip
-    assert r.stalled == {"bn": 0, "nobn": 2}
-    text = study_report.finding([r])
-    assert "At depth 20, 2 of 3 seeds without BatchNorm ended below 20% test accuracy" in text
+def test_the_finding_spans_consecutive_points_and_lists_the_others() -> None:
+    found = rows({2: [0.004, 0.006, 0.005], 4: [0.01, 0.012, 0.011], 6: [-0.01, 0.01, 0.0],
+                  8: [0.004, 0.006, 0.005]})  # fmt: skip
+    text = study_report.finding(found, "depth")
+    assert "Its 95% CI lies above zero at depth 2, 4 and 8; it includes zero at depth 6." in text
+    below = rows({2: [-0.004, -0.006, -0.005], 4: [-0.01, -0.012, -0.011]})
+    text = study_report.finding(below, "depth")
+    assert "Its 95% CI lies below zero at depth from 2 to 4." in text
+    assert "The clearest" not in text
 
 
-def test_the_summary_names_points_without_results_and_tabulates_the_rest() -> None:
-    point = results([0.97, 0.96, 0.98], [0.95, 0.95, 0.96], [0.1, 0.2], [0.5, 2.0])
+def test_failures_are_counted_per_variant_and_the_worse_variant_named() -> None:
+    found = [
+        study_report.row(2, "d2", results(LEARNT_BN, [0.95, 0.96, 0.94, 0.95, 0.95])),
+        study_report.row(20, "d20", results(LEARNT_BN, [0.95, "diverged", 0.11, 0.94, 0.96])),
+        study_report.row(30, "d30", results(LEARNT_BN, ["diverged"] * 5)),
+    ]
+    assert study_report.failure_sentences(found, "depth") == [
+        "With BatchNorm, every seed learnt at every point.",
+        "Without BatchNorm, seeds failed to learn (diverged, or ended below 20% test accuracy "
+        "where chance is 10%) at depth = 20: 2 of 5 (1 diverged, 1 not learning; 95% CI 5 to "
+        "85%); depth = 30: 5 of 5 (5 diverged; 95% CI 48 to 100%); every seed learnt at depth 2.",
+        # Fisher's exact test, two-sided: 2 of 5 against 0 of 5 is 2 * C(5,2)/C(10,5) = 0.44...
+        "At depth = 20 the variant without BatchNorm failed more often (2 of 5 seeds against 0; "
+        "Fisher's exact test p = 0.44), so it is the worse one there, though with this many "
+        "seeds the difference in failures could be chance.",
+        # ... and 5 of 5 against 0 of 5 is 2 / C(10,5) = 0.0079
+        "At depth = 30 the variant without BatchNorm failed more often (5 of 5 seeds against 0; "
+        "Fisher's exact test p = 0.0079), so it is the worse one there whatever its learners' "
+        "accuracy.",
+        study_report.WHY_SEPARATE,
+    ]
+    text = study_report.finding(found, "depth")
+    # depth 30 has no pair that learnt: no gain there, so the gain runs from 2 to 20
+    assert text.startswith(
+        "BatchNorm's gain goes from +2.00 points (95% CI +0.24 to +3.76) at depth = 2 to "
+        "+2.00 points (95% CI -0.48 to +4.48) at depth = 20. Its 95% CI lies above zero at "
+        "depth 2; it includes zero at depth 20."
+    )
+
+
+def test_a_point_where_no_pair_learnt_has_no_gain() -> None:
+    r = study_report.row(30, "d30", results(LEARNT_BN, ["diverged", 0.1, 0.1, 0.1, 0.1]))
+    assert (r.pairs, r.gain, r.gain_ci, r.p_value) == (0, None, None, None)
+    assert r.accuracy["nobn"] == (None, None)
+    assert r.dead["nobn"] is None and r.grad_ratio["nobn"] is None
+    assert study_report.gain_sentences([r], "depth") == [
+        "At no point did any seed learn in both variants, so there is no gain to give."
+    ]
+    assert "failed more often (5 of 5 seeds against 0;" in study_report.finding([r], "depth")
+    assert "; 1.00 at depth = 30 with BatchNorm." in study_report.why([r], "depth")
+    assert "not known without BatchNorm (no seed learnt)" in study_report.why([r], "depth")
+
+
+def test_a_point_with_one_pair_has_a_gain_but_no_interval() -> None:
+    one_pair = study_report.row(20, "d20", results([0.97, 0.96, 0.98], [0.95, 0.1, 0.1]))
+    assert (one_pair.pairs, one_pair.gain_ci, one_pair.p_value) == (1, None, None)
+    assert one_pair.gain == pytest.approx(0.02)
+    assert study_report.gain_sentences([one_pair], "depth") == [
+        "BatchNorm's gain is +2.00 points at depth = 20.",
+        "Where fewer than two seeds learnt in both variants there is no interval.",
+    ]
+
+
+def test_the_table_has_a_row_per_point_with_dashes_where_nothing_learnt() -> None:
+    found = [
+        study_report.row(2, "workspace", results(LEARNT_BN, [0.95, 0.96, 0.94, 0.95, 0.95])),
+        study_report.row(20, "d20", results(LEARNT_BN, [0.95, "diverged", 0.11, 0.94, 0.96])),
+        study_report.row(30, "d30", results(LEARNT_BN, ["diverged"] * 5)),
+    ]
+    table = study_report.table(found, "depth")
+    assert table.header == [
+        "depth", "experiment", "with BatchNorm (%)", "without BatchNorm (%)", "gain (points)",
+        "p (paired t-test)", "failed with BN", "failed without BN", "dead units without BN (%)",
+    ]  # fmt: skip
+    assert table.rows == [
+        ["2", "workspace", "97.00 (96.12 to 97.88)", "95.00 (94.12 to 95.88)",
+         "+2.00 (+0.24 to +3.76)", "0.034", "0 of 5", "0 of 5", "20.0"],
+        ["20", "d20", "97.00 (96.12 to 97.88)", "95.00 (92.52 to 97.48)",
+         "+2.00 (-0.48 to +4.48)", "0.074", "0 of 5",
+         "2 of 5 (1 diverged, 1 not learning; 95% CI 5 to 85%)", "20.0"],
+        ["30", "d30", "97.00 (96.12 to 97.88)", "-", "-", "-", "0 of 5",
+         "5 of 5 (5 diverged; 95% CI 48 to 100%)", "-"],
+    ]  # fmt: skip
+
+
+def test_the_summary_names_points_without_results_and_shows_the_rest() -> None:
+    point = results(LEARNT_BN, [0.95, 0.96, 0.94, 0.95, 0.95])
     blocks, figures = study_report.build(
+        "depth",
+        "model.depth",
         {2: point, 4: "failed: x", 6: "missing", 10: "partial: no reports/statistics.json"},
         {2: "lucky-fox"},
-        {"model.depth": 2, "model.width": 64, "train.lr": 0.001, "data.verify": True},
+        {"model.depth": 10, "model.width": 64, "train.lr": 0.001, "data.verify": True},
     )
+    assert blocks[0] == Heading("Study `depth`: BatchNorm's gain against model.depth", 1)
     text = [b.text for b in blocks if isinstance(b, Paragraph)]
+    assert text[0].startswith("BatchNorm's gain is +2.00 points (95% CI +0.24 to +3.76) at")
     assert (
-        "depth 4: failed: x; depth 6: missing; depth 10: partial: no reports/statistics.json."
+        "depth = 4: failed: x; depth = 6: missing; depth = 10: partial: no reports/statistics.json."
         in text
     )
-    assert "model.width = 64, train.lr = 0.001." in text
+    assert text[-1] == "model.width = 64, train.lr = 0.001."  # not the varied param, nor data.*
     (table,) = [b for b in blocks if isinstance(b, Table)]
-    assert table.rows[0][:3] == ["2", "lucky-fox", "3"]
-    assert table.rows[0][3].startswith("97.00 (") and table.rows[0][7] == "15.0"
-    assert sorted(figures) == sorted(b.path for b in blocks if isinstance(b, Image))
-    assert (
-        "Dead hidden units (zero for every test image, final epoch, mean over seeds) go from "
-        "15.0% at depth 2 to 15.0% at depth 2 without BatchNorm, and from 0.0% at depth 2"
-        in text[-2]
-    )
-    assert "gradient norm over the last one's goes from 0.25 at depth 2" in text[-2]
+    assert [r[:2] for r in table.rows] == [["2", "lucky-fox"]]
+    assert sorted(figures) == ["depth_accuracy.png", "depth_diagnostics.png"]
+    assert sorted(b.path for b in blocks if isinstance(b, Image)) == sorted(figures)
+    assert figures["depth_accuracy.png"].axes[0].get_xscale() == "linear"
+
+
+def test_a_summary_without_results_has_no_table_or_figures() -> None:
+    blocks, figures = study_report.build("lr", "train.lr", {1e-05: "missing", 0.1: "missing"},
+                                         {}, {"train.lr": 0.001})  # fmt: skip
+    assert figures == {}
+    assert not [b for b in blocks if isinstance(b, Table | Image)]
+    assert Paragraph("lr = 1e-05: missing; lr = 0.1: missing.") in blocks
+
+
+def test_learning_rates_are_drawn_on_a_log_axis() -> None:
+    point = results(LEARNT_BN, [0.95, 0.96, 0.94, 0.95, 0.95])
+    _, figures = study_report.build("lr", "train.lr", {1e-05: point, 0.1: point},
+                                    {1e-05: "a", 0.1: "b"}, {})  # fmt: skip
+    accuracy = figures["lr_accuracy.png"].axes[0]
+    assert accuracy.get_xscale() == "log"
+    assert [t.get_text() for t in accuracy.get_xticklabels()] == ["1e-05", "0.1"]
 
 
 def test_a_point_missing_its_statistics_is_partial() -> None:
@@ -202,42 +503,215 @@ def test_a_point_missing_its_statistics_is_partial() -> None:
     )
 
 
-def test_the_summary_refuses_points_with_mixed_params(monkeypatch, tmp_path: Path) -> None:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(study, "exp_show", lambda: shown(
-        record("workspace", 10), ("a", record("e1", 2)), ("b", record("e2", 4, lr=0.01))
-    ))  # fmt: skip
-    with pytest.raises(PipelineError, match=r"differ in more than model\.depth") as caught:
-        study.summarize([2, 4], dpi=40)
-    assert "param train.lr: 0.001 in a; 0.01 in b" in caught.value.lines
-    assert not (tmp_path / "reports").exists()  # nothing written
+# The summary end to end on synthetic experiments (no DVC, no MLflow).
 
 
-def test_a_study_without_any_result_writes_nothing(monkeypatch, tmp_path: Path) -> None:
+@pytest.fixture
+def summary_setup(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, params_dict: dict) -> dict:
+    """A temporary folder to summarize in; study's DVC, git and MLflow calls
+    replaced; returns what tag_runs was called with, and the params."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(study, "same_code_as_workspace", same_code)
+    monkeypatch.setattr(study, "workspace_current", lambda: True)
+    tagged: list[tuple] = []
+    monkeypatch.setattr(study, "tag_runs", lambda *args: tagged.append(args))
+    params_dict["visualize"]["dpi"] = 30
+    return {"tagged": tagged, "params": parse_params(yaml.safe_dump(params_dict, sort_keys=False))}
+
+
+def test_a_study_without_any_result_writes_nothing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, summary_setup: dict
+) -> None:
     monkeypatch.setattr(study, "exp_show", lambda: shown(
         record("workspace", 10), ("a", record("e1", 2, failed=True)), ("b", record("e2", 4), "queued")
     ))  # fmt: skip
+    named = studies(depth={"param": "model.depth", "values": [2, 4, 6], "fixed": {}})
     with pytest.raises(PipelineError) as caught:
-        study.summarize([2, 4, 6], dpi=40)
+        study.summarize(named, summary_setup["params"])
     assert caught.value.lines == (
-        "no depth of study.depths [2, 4, 6] has a successful DVC experiment (2: failed: a; "
-        "4: queued: b; 6: missing): run `make study`",
+        "no point of study depth has results (2: failed: a; 4: queued: b; 6: missing): "
+        "run `make study STUDY=depth`",
+    )
+    assert not (tmp_path / "reports").exists()
+    assert summary_setup["tagged"] == []
+
+
+def test_points_whose_results_cannot_be_read_are_no_results(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, summary_setup: dict
+) -> None:
+    monkeypatch.setattr(study, "exp_show", lambda: shown(record("workspace", 10),
+                                                         ("d2", record("e1", 2))))  # fmt: skip
+
+    def unreadable(path: str, rev: str) -> str:
+        raise FileNotFoundError(path)
+
+    monkeypatch.setattr(study, "_read_at", unreadable)
+    for key, content in results(LEARNT_BN, [0.95, 0.96, 0.94, 0.95, 0.95]).items():
+        path = (
+            paths.STATISTICS_FILE
+            if key == "statistics"
+            else paths.TRAIN_REPORTS_DIR / f"{key}.json"
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(content))  # the workspace's own files: readable
+    named = studies(depth={"param": "model.depth", "values": [2, 4], "fixed": {}},
+                    lr={"param": "train.lr", "values": [0.001, 0.01], "fixed": {}})  # fmt: skip
+    with pytest.raises(PipelineError) as caught:
+        study.summarize(named, summary_setup["params"])
+    assert caught.value.lines[0].startswith("no point of study depth has results (2: partial: no ")
+    assert len(caught.value.lines) == 1  # the lr study has the workspace's point: summarized
+    assert not (tmp_path / "reports" / "study" / "depth.md").exists()
+    assert (tmp_path / "reports" / "study" / "lr.md").exists()
+    assert [args[0] for args in summary_setup["tagged"]] == ["lr"]
+
+
+def test_an_out_of_date_workspace_is_not_a_result(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, summary_setup: dict
+) -> None:
+    monkeypatch.setattr(study, "exp_show", lambda: shown(record("workspace", 10)))
+    monkeypatch.setattr(study, "workspace_current", lambda: False)
+    named = studies(depth={"param": "model.depth", "values": [2, 10], "fixed": {}})
+    with pytest.raises(PipelineError) as caught:
+        study.summarize(named, summary_setup["params"])
+    assert caught.value.lines == (
+        "no point of study depth has results (2: missing; 10: the workspace's outputs are not "
+        "up to date (`dvc status`): run `make run`): run `make study STUDY=depth`",
     )
     assert not (tmp_path / "reports").exists()
 
 
-def test_the_study_params_are_checked(params_dict: dict) -> None:
-    import yaml
+def test_the_summary_writes_the_report_and_tags_the_points(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, summary_setup: dict
+) -> None:
+    at_depth_2 = results(LEARNT_BN, [0.95, 0.96, 0.94, 0.95, 0.95])
+    at_depth_10 = results(LEARNT_BN, [0.95, "diverged", 0.11, 0.94, 0.96])
+    for key, content in at_depth_10.items():  # the workspace's files, read from disk
+        path = paths.TRAIN_REPORTS_DIR / f"{key}.json"
+        path = paths.STATISTICS_FILE if key == "statistics" else path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(content))
+    read = []
 
-    from pipeline.errors import ParamsError
-    from pipeline.params import parse_params
+    def read_at(path: str, rev: str) -> str:  # an experiment's files, as dvc.api.read gives them
+        read.append((path, rev))
+        assert rev == "e1"
+        key = "statistics" if path == str(paths.STATISTICS_FILE) else Path(path).stem
+        return json.dumps(at_depth_2[key])
 
-    params_dict["study"]["depths"] = [4, 2, 4]
-    with pytest.raises(ParamsError, match=r"study.depths = \[4, 2, 4\]: .*repeat a depth"):
-        parse_params(yaml.safe_dump(params_dict))
-    params_dict["study"]["depths"] = [6, 2]
-    assert parse_params(yaml.safe_dump(params_dict)).study.depths == [2, 6]
-    params_dict["study"]["depths"] = [10]  # a study compares depths
-    with pytest.raises(ParamsError, match=r"study.depths = \[10\]: .*at least 2"):
-        parse_params(yaml.safe_dump(params_dict))
+    monkeypatch.setattr(study, "_read_at", read_at)
+    monkeypatch.setattr(study, "exp_show", lambda: shown(
+        record("workspace", 10), ("d2", record("e1", 2)), ("d4-old", record("e2", 4, code="c2")),
+    ))  # fmt: skip
+    named = studies(depth={"param": "model.depth", "values": [2, 4, 10], "fixed": {}})
+    study.summarize(named, summary_setup["params"])
+
+    folder = tmp_path / "reports" / "study"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "depth.html", "depth.md", "depth_accuracy.png", "depth_diagnostics.png"
+    ]  # fmt: skip
+    for figure in ("depth_accuracy.png", "depth_diagnostics.png"):
+        assert (folder / figure).read_bytes().startswith(b"\x89PNG")
+    markdown = (folder / "depth.md").read_text()
+    assert "| 2 | d2 | 97.00 (96.12 to 97.88) | 95.00 (94.12 to 95.88) |" in markdown
+    assert "| 10 | workspace | 97.00 (96.12 to 97.88) | 95.00 (92.52 to 97.48) |" in markdown
+    assert "depth = 4: stale: d4-old ran other code." in markdown
+    assert "![Test accuracy, BatchNorm's gain and failures against depth](depth_accuracy.png)" in (
+        markdown
+    )
+    assert "data:image/png;base64," in (folder / "depth.html").read_text()
+    assert sorted(read) == sorted((str(p), "e1") for p in (
+        paths.STATISTICS_FILE, paths.TRAIN_REPORTS_DIR / "bn.json",
+        paths.TRAIN_REPORTS_DIR / "nobn.json"))  # fmt: skip
+    ((name, tagged_study, points, workspace, experiment),) = summary_setup["tagged"]
+    assert (name, tagged_study, experiment) == ("depth", named["depth"], "batchnorm-mnist")
+    assert {v: p.name for v, p in points.items()} == {2: "d2", 10: "workspace"}
+    assert workspace.name == "workspace"
+
+
+# params.yaml `studies`.
+
+
+@pytest.fixture
+def with_studies(params_dict: dict):
+    """Parse the committed params with these studies instead of its own."""
+
+    def parse(**named: dict):
+        params_dict["studies"] = named
+        return parse_params(yaml.safe_dump(params_dict, sort_keys=False))
+
+    return parse
+
+
+def problems(parse, **named: dict) -> tuple[str, ...]:
+    with pytest.raises(ParamsError) as caught:
+        parse(**named)
+    return caught.value.lines
+
+
+STUDIED = ("model.depth, model.width, train.epochs, train.batch_size, train.lr, train.betas, "
+           "train.eps, train.weight_decay, train.seeds, train.device, train.cpu_threads, "
+           "train.cuda_graph")  # fmt: skip
+
+
+def test_the_committed_studies_are_read(params_dict: dict) -> None:
+    named = parse_params(yaml.safe_dump(params_dict, sort_keys=False)).studies
+    assert list(named) == ["depth", "batch_size", "lr"]
+    assert named["lr"] == StudyParams(param="train.lr", values=[1e-05, 0.0001, 0.001, 0.01, 0.1,
+                                      1.0], fixed={})  # fmt: skip
+
+
+def test_a_study_may_set_only_model_and_train_keys(with_studies) -> None:
+    outside = {"param": "model.depthh", "values": [1, 2], "fixed": {"data.source": "local"}}
+    assert problems(with_studies, x=outside) == (
+        f"params.yaml: studies.x: model.depthh: not a key a study can set; allowed: {STUDIED}",
+        f"params.yaml: studies.x: data.source: not a key a study can set; allowed: {STUDIED}",
+    )
+
+
+def test_a_study_may_not_fix_the_param_it_varies(with_studies) -> None:
+    both = {"param": "model.depth", "values": [2, 4], "fixed": {"model.depth": 3}}
+    assert problems(with_studies, depth=both) == (
+        "params.yaml: studies.depth.fixed: model.depth: is the param the study varies",
+    )
+
+
+def test_a_study_has_two_or_more_different_values(with_studies) -> None:
+    assert problems(with_studies, depth={"param": "model.depth", "values": [10], "fixed": {}}) == (
+        "params.yaml: studies.depth.values = [10]: must have at least 2 items",
+    )
+    repeated = {"param": "model.depth", "values": [2, 4, 2], "fixed": {}}
+    assert problems(with_studies, depth=repeated) == (
+        "params.yaml: studies.depth.values = [2, 4, 2]: must not repeat a value (repeated: [2])",
+    )
+
+
+def test_every_point_of_a_study_must_be_valid_params(with_studies) -> None:
+    negative = {"param": "train.lr", "values": [0.001, -1], "fixed": {}}
+    assert problems(with_studies, lr=negative) == (
+        "params.yaml: studies.lr.values[1] = -1: train.lr = -1: must be greater than 0",
+    )
+    fractional = {"param": "model.depth", "values": [2, 4.5], "fixed": {}}
+    assert problems(with_studies, depth=fractional) == (
+        "params.yaml: studies.depth.values[1] = 4.5: model.depth = 4.5: must be a valid integer",
+    )
+    bad_fixed = {"param": "train.lr", "values": [0.001, 0.1], "fixed": {"train.batch_size": 1}}
+    assert problems(with_studies, lr=bad_fixed) == (  # each point is told
+        "params.yaml: studies.lr.values[0] = 0.001: train.batch_size = 1: "
+        "must be greater than or equal to 2",
+        "params.yaml: studies.lr.values[1] = 0.1: train.batch_size = 1: "
+        "must be greater than or equal to 2",
+    )
+
+
+def test_a_study_of_a_list_or_a_choice_is_valid(with_studies) -> None:
+    named = with_studies(
+        betas={"param": "train.betas", "values": [[0.9, 0.999], [0.5, 0.9]], "fixed": {}},
+        graph={"param": "train.cuda_graph", "values": [True, False], "fixed": {"model.depth": 4}},
+    ).studies  # fmt: skip
+    assert named["betas"].values == [[0.9, 0.999], [0.5, 0.9]]
+    assert named["graph"].fixed == {"model.depth": 4}
+
+
+def test_a_study_name_is_a_lowercase_identifier(with_studies) -> None:
+    (line,) = problems(with_studies, Depth={"param": "model.depth", "values": [2, 4], "fixed": {}})
+    assert line.startswith('params.yaml: studies.Depth.[key] = "Depth": must match pattern')

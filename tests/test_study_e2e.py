@@ -1,11 +1,10 @@
-"""`make study`'s commands on a tiny study (two depths, one epoch, one seed),
-through DVC's real queue, in a temporary copy of the project."""
+"""`make study`'s commands on two tiny studies that share a point (one
+epoch, one seed), through DVC's real queue, in a temporary copy of the project."""
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import shlex
 import subprocess
 import sys
@@ -18,13 +17,17 @@ from .conftest import REPO, dvc, git, project_copy
 
 pytestmark = pytest.mark.slow
 
+VENV = Path(sys.executable).parent.parent
 
-def study_commands() -> list[str]:
-    """The recipe of `make study`, without the Makefile's environment prefix."""
-    recipe = re.search(r"^study:.*\n((?:\t.*\n)+)", (REPO / "Makefile").read_text(), re.M)
-    assert recipe, "Makefile has no study target"
-    return [line.strip().removeprefix("$(WITH_VENV)").strip()
-            for line in recipe.group(1).splitlines()]  # fmt: skip
+
+def study_commands(*make_args: str) -> list[str]:
+    """The commands `make study` runs (`make -n`), without the environment
+    prefix that puts the venv first; the venv counts as installed."""
+    stamp = VENV / ".installed"
+    done = subprocess.run(["make", "-n", "-o", str(stamp), "study", f"VENV={VENV}", *make_args],
+                          cwd=REPO, capture_output=True, text=True, check=True)  # fmt: skip
+    prefix = f'PATH="{VENV / "bin"}:$PATH" VIRTUAL_ENV="{VENV}" '
+    return [" ".join(line.removeprefix(prefix).split()) for line in done.stdout.splitlines()]
 
 
 def run(repo: Path, command: str) -> subprocess.CompletedProcess:
@@ -37,14 +40,20 @@ def run(repo: Path, command: str) -> subprocess.CompletedProcess:
     return done
 
 
+TINY_STUDIES = {  # the workspace has depth 3 and lr 0.01: depth 2 is shared by both studies
+    "depth": {"param": "model.depth", "values": [2, 3], "fixed": {}},
+    "lr": {"param": "train.lr", "values": [0.01, 1000.0], "fixed": {"model.depth": 2}},
+}
+
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     repo = project_copy(tmp_path_factory.mktemp("study"))
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["train"].update(epochs=1, seeds=[0])
-    params["study"]["depths"] = [2, 3]
+    params["studies"] = TINY_STUDIES
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    git(repo, "commit", "-q", "-am", "tiny study")
+    git(repo, "commit", "-q", "-am", "tiny studies")
     for command in study_commands():
         run(repo, command)
     return repo
@@ -55,68 +64,86 @@ def experiments(repo: Path) -> dict[str, dict]:
     return {e["name"]: e["revs"][0] for b in shown for e in b.get("experiments") or []}
 
 
-def test_make_study_wraps_the_queue_and_the_summary() -> None:
+def setting(rev: dict) -> tuple[int, float]:
+    params = rev["data"]["params"]["params.yaml"]["data"]
+    return params["model"]["depth"], params["train"]["lr"]
+
+
+def test_make_study_runs_the_workspace_the_queue_and_the_summaries() -> None:
     assert study_commands() == [
+        "dvc repro",
         "python -m pipeline.study queue",
         "dvc exp run --run-all --jobs 1",
-        "python -m pipeline.study",
+        "python -m pipeline.study summarize",
+    ]
+    assert study_commands("STUDY=lr", "SHARE=1/2", "REMOTE=up") == [
+        "dvc repro",
+        "python -m pipeline.study queue --study lr --share 1/2",
+        "dvc exp run --run-all --jobs 1",
+        "python -m pipeline.study push --study lr --remote up",
+        "python -m pipeline.study summarize --study lr --pull up",
     ]
 
 
-def test_each_depth_is_one_dvc_experiment(repo: Path) -> None:
+def test_each_point_is_computed_once_and_the_workspace_is_shared(repo: Path) -> None:
     found = experiments(repo)
-    depths = sorted(r["data"]["params"]["params.yaml"]["data"]["model"]["depth"]
-                    for r in found.values())  # fmt: skip
-    assert depths == [2, 3]
+    assert sorted(setting(r) for r in found.values()) == [(2, 0.01), (2, 1000.0)]
     assert all(r["error"] is None for r in found.values())
 
 
-def test_the_summary_has_both_points_the_figures_and_the_finding(repo: Path) -> None:
-    text = (repo / "reports" / "study" / "depth.md").read_text()
-    assert "BatchNorm's gain goes from" in text and "at depth 2 to" in text
-    assert "no depth can be called" in text  # one seed: no intervals
-    rows = [line for line in text.splitlines() if re.match(r"\| [23] \| ", line)]
-    assert len(rows) == 2
-    for name in ("depth_accuracy.png", "depth_diagnostics.png"):
-        assert f"]({name})" in text
-        assert (repo / "reports" / "study" / name).read_bytes()[:4] == b"\x89PNG"
-    page = (repo / "reports" / "study" / "depth.html").read_text()
-    assert page.count('src="data:image/png;base64,') == 2
+def test_each_study_has_its_summary_with_the_shared_points(repo: Path) -> None:
+    names = {setting(r): name for name, r in experiments(repo).items()}
+    folder = repo / "reports" / "study"
+    depth = (folder / "depth.md").read_text()
+    assert f"| 2 | {names[2, 0.01]} |" in depth and "| 3 | workspace |" in depth
+    lr = (folder / "lr.md").read_text()
+    assert f"| 0.01 | {names[2, 0.01]} |" in lr and f"| 1000.0 | {names[2, 1000.0]} |" in lr
+    assert "BatchNorm's gain goes from" in depth
+    assert "model.depth = 2" in lr  # held fixed for the lr study
+    for study in ("depth", "lr"):
+        for figure in (f"{study}_accuracy.png", f"{study}_diagnostics.png"):
+            assert (folder / figure).read_bytes()[:4] == b"\x89PNG"
+        page = (folder / f"{study}.html").read_text()
+        assert page.count('src="data:image/png;base64,') == 2
 
 
-def test_the_points_runs_are_in_mlflow_with_their_depth(repo: Path) -> None:
+def test_the_points_runs_carry_each_studys_tag_and_say_what_differs(repo: Path) -> None:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{repo}/mlflow.db")
     experiment = client.get_experiment_by_name("stage-test")
     runs = client.search_runs([experiment.experiment_id])
-    by_name = {}
-    for r in runs:
-        by_name.setdefault(r.data.tags["dvc_exp_name"], set()).add(r.data.params["model.depth"])
-    assert sorted(by_name) == sorted(experiments(repo))
-    assert sorted(depth for depths in by_name.values() for depth in depths) == ["2", "3"]
-    assert len(runs) == 2 * 4  # per point: two parents, one seed run each
+    assert len(runs) == 3 * 4  # per point: two parents, one seed run each
+    parents = {r.info.run_name: r.data.tags for r in runs if "-seed" not in r.info.run_name}
+    assert sorted(parents) == sorted(f"{v}{differs}" for v in ("bn", "nobn")
+                                     for differs in ("", " depth=2", " depth=2 lr=1000.0"))  # fmt: skip
+    studies = {name: {k: v for k, v in tags.items() if k.startswith("study.")}
+               for name, tags in parents.items()}  # fmt: skip
+    assert studies["bn"] == {"study.depth": "3"}
+    assert studies["bn depth=2"] == {"study.depth": "2", "study.lr": "0.01"}  # shared
+    assert studies["nobn depth=2 lr=1000.0"] == {"study.lr": "1000.0"}
+    seeds = [r for r in runs if "-seed" in r.info.run_name]
+    assert all(any(k.startswith("study.") for k in r.data.tags) for r in seeds)
+    assert all(r.data.tags["outcome"] in ("learnt", "diverged", "not_learning") for r in seeds)
 
 
-def test_running_the_study_again_computes_nothing(repo: Path) -> None:
+def test_running_the_studies_again_computes_nothing(repo: Path) -> None:
     git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "the study's summary")  # HEAD moves past the points
+    git(repo, "commit", "-q", "-m", "the summaries")  # HEAD moves past the points
     before = experiments(repo)
-    queued = run(repo, "python -m pipeline.study queue")
-    assert "nothing to queue" in queued.stderr
-    run(repo, "dvc exp run --run-all --jobs 1")
+    summaries = {p.name: p.read_text() for p in (repo / "reports" / "study").glob("*.md")}
+    outputs = [run(repo, command) for command in study_commands()]
+    assert "nothing to queue" in outputs[1].stderr
     assert experiments(repo) == before
-    summary = (repo / "reports" / "study" / "depth.md").read_text()
-    run(repo, "python -m pipeline.study")
-    assert (repo / "reports" / "study" / "depth.md").read_text() == summary
+    assert {p.name: p.read_text() for p in (repo / "reports" / "study").glob("*.md")} == summaries
 
 
-def test_a_new_depth_queues_only_that_point(repo: Path) -> None:
+def test_a_new_value_queues_only_that_point(repo: Path) -> None:
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["study"]["depths"] = [2, 3, 4]
+    params["studies"]["depth"]["values"] = [2, 3, 4]
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     queued = run(repo, "python -m pipeline.study queue")
-    assert "already computed with these params and code: [2, 3]" in queued.stderr
+    assert "dvc exp run --queue -S model.depth=4" in queued.stderr
     status = dvc(repo, "queue", "status").stdout
     assert status.count("Queued") == 1
     dvc(repo, "queue", "remove", "--all")

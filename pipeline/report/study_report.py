@@ -1,13 +1,18 @@
-"""The depth study's summary: a table, two figures and a finding, all from
-each point's statistics (see pipeline/study.py for how they are gathered).
+"""A study's summary: a table, two figures and a finding, all from each
+point's statistics (see pipeline/study.py for how they are gathered).
 
 A point's results are its reports/statistics.json ("statistics") and the
 train summaries reports/train/<variant>.json ("bn", "nobn"), whose "layers"
-hold each hidden layer's final dead-unit fraction and gradient norm.
+hold each hidden layer's final dead-unit fraction and gradient norm (over
+the seeds that learnt). Accuracies and gains are over the seeds that learnt
+(pipeline/evaluate.py); the seeds that failed to learn are counted beside
+them, with an exact binomial interval.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import statistics
 from dataclasses import dataclass
 from typing import Any
@@ -17,59 +22,73 @@ from matplotlib.figure import Figure
 from pipeline.nn.model import VARIANTS
 from pipeline.report.document import Block, Heading, Image, Paragraph, Table
 from pipeline.report.figures import COLORS, LABELS
-from pipeline.report.stats import show_interval
+from pipeline.report.stats import DIVERGED, NEAR_CHANCE, NOT_LEARNING, show_interval
 
-ACCURACY_FIGURE, DIAGNOSTICS_FIGURE = "depth_accuracy.png", "depth_diagnostics.png"
-NEAR_CHANCE = 0.2  # test accuracy below which a model learnt next to nothing (chance: 0.1)
+ACCURACY_FIGURE, DIAGNOSTICS_FIGURE = "{}_accuracy.png", "{}_diagnostics.png"
+WHY_SEPARATE = (
+    "Where seeds failed, accuracies and the gain are over the seeds that learnt (the gain over "
+    "the seeds where both variants learnt), and the failures are counted beside them with an "
+    "exact binomial 95% interval: a mean over learners and failures mixes two populations, and "
+    "its t-interval can run outside 0 to 100%. A variant that fails more often is the worse "
+    "one at that point even where its learners are as good."
+)
 
 
 @dataclass(frozen=True)
 class Row:
-    """One depth's numbers; accuracies and gains are fractions."""
+    """One point's numbers; accuracies and gains are fractions, None where
+    no seed (or no pair of seeds) learnt."""
 
-    depth: int
-    name: str  # the DVC experiment
+    value: Any  # the varied param's value
+    name: str  # the DVC experiment, or "workspace"
     seeds: int
-    accuracy: dict[str, tuple[float, list[float] | None]]  # variant -> mean, 95% CI
-    gain: float
+    accuracy: dict[str, tuple[float | None, list[float] | None]]  # variant -> mean, 95% CI
+    pairs: int  # seeds where both variants learnt: the gain's
+    gain: float | None
     gain_ci: list[float] | None
     p_value: float | None
-    dead: dict[str, float]  # variant -> mean dead-unit fraction over the hidden layers
-    grad_ratio: dict[str, float]  # variant -> first / last hidden layer's gradient norm
-    stalled: dict[str, int]  # variant -> seeds that ended near chance (NEAR_CHANCE)
+    outcomes: dict[str, dict]  # variant -> stats.failures(...)
+    dead: dict[str, float | None]  # variant -> mean dead-unit fraction over the hidden layers
+    grad_ratio: dict[str, float | None]  # variant -> first / last hidden layer's gradient norm
+
+    def failed(self, variant: str) -> int:
+        return self.outcomes[variant]["failed"]
 
 
-def row(depth: int, name: str, results: dict) -> Row:
+def row(value: Any, name: str, results: dict) -> Row:
     stats, diff = results["statistics"], results["statistics"]["bn_minus_nobn"]
     layers = {v: results[v]["layers"] for v in VARIANTS}
     return Row(
-        depth=depth,
+        value=value,
         name=name,
-        seeds=diff["seeds"],
+        seeds=stats["bn"]["seeds"],
         accuracy={v: (stats[v]["test_accuracy"], stats[v]["test_accuracy_ci95"]) for v in VARIANTS},
+        pairs=diff["seeds"],
         gain=diff["test_accuracy"],
         gain_ci=diff["test_accuracy_ci95"],
         p_value=diff["test_accuracy_p_value"],
-        dead={v: statistics.fmean(layers[v]["dead_fraction"]) for v in VARIANTS},
+        outcomes={v: stats[v]["outcomes"] for v in VARIANTS},
+        dead={v: _mean(layers[v]["dead_fraction"]) for v in VARIANTS},
         grad_ratio={v: _ratio(layers[v]["grad_norm"]) for v in VARIANTS},
-        stalled={
-            v: sum(seed["test_accuracy"] < NEAR_CHANCE for seed in stats[v]["per_seed"].values())
-            for v in VARIANTS
-        },
     )
 
 
-def _ratio(norms: list[float]) -> float:
+def _mean(values: list[float | None]) -> float | None:
+    return None if None in values else statistics.fmean(values)
+
+
+def _ratio(norms: list[float | None]) -> float | None:
+    if None in norms:
+        return None
     return norms[0] / norms[-1] if norms[-1] > 0 else float("inf")
+
+
+def show(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def _gain(fraction: float) -> str:
     return f"{100 * fraction:+.2f}"
-
-
-def _cell(value: str, interval: list[float] | None, sign: str = "") -> str:
-    """A table cell: "97.58 (97.41 to 97.76)", the value alone without an interval."""
-    return value if interval is None else f"{value} ({show_interval(interval, sign=sign)})"
 
 
 def _points(r: Row, inner: bool = False) -> str:
@@ -82,135 +101,233 @@ def _points(r: Row, inner: bool = False) -> str:
     )
 
 
-def finding(rows: list[Row]) -> str:
-    """Where the gain's 95% CI first lies above zero, with its uncertainty;
-    how the gain runs from the shallowest to the deepest point; and where
-    seeds did not learn at all."""
+def failed_cell(outcomes: dict, seeds: int) -> str:
+    """ "0 of 5", "3 of 5 (2 diverged, 1 not learning; 95% CI 15 to 95%)"."""
+    if not outcomes["failed"]:
+        return f"0 of {seeds}"
+    how = [f"{outcomes[k]} {k.replace('_', ' ')}" for k in (DIVERGED, NOT_LEARNING) if outcomes[k]]
+    low, high = (100 * x for x in outcomes["failed_fraction_ci95"])
+    return f"{outcomes['failed']} of {seeds} ({', '.join(how)}; 95% CI {low:.0f} to {high:.0f}%)"
+
+
+def _listing(values: list[str]) -> str:
+    return values[0] if len(values) == 1 else f"{', '.join(values[:-1])} and {values[-1]}"
+
+
+def _span(rows: list[Row], chosen: list[Row], key: str) -> str:
+    """ "lr 1e-05 to 0.01" when the chosen rows are consecutive; else a list."""
+    at = [rows.index(r) for r in chosen]
+    values = [show(r.value) for r in chosen]
+    if len(chosen) > 1 and at == list(range(at[0], at[-1] + 1)):
+        return f"{key} from {values[0]} to {values[-1]}"
+    return f"{key} {_listing(values)}"
+
+
+def gain_sentences(rows: list[Row], key: str) -> list[str]:
+    """How the gain runs from the first to the last point with a gain, and
+    where its 95% CI lies above zero, below zero, or includes it."""
+    gained = [r for r in rows if r.gain is not None]
+    if not gained:
+        return ["At no point did any seed learn in both variants, so there is no gain to give."]
+    first, last = gained[0], gained[-1]
+    parts = [
+        f"BatchNorm's gain goes from {_points(first)} at {key} = {show(first.value)} to "
+        f"{_points(last)} at {key} = {show(last.value)}."
+        if first is not last
+        else f"BatchNorm's gain is {_points(first)} at {key} = {show(first.value)}."
+    ]
+    if any(r.gain_ci is None for r in gained):
+        parts.append("Where fewer than two seeds learnt in both variants there is no interval.")
+    with_ci = [r for r in gained if r.gain_ci is not None]
+    above = [r for r in with_ci if r.gain_ci[0] > 0]
+    below = [r for r in with_ci if r.gain_ci[1] < 0]
+    unclear = [r for r in with_ci if r not in above and r not in below]
+    verdicts = []
+    for chosen, where in ((above, "above zero"), (below, "below zero"), (unclear, "includes zero")):
+        if chosen:
+            verdicts.append(f"{'lies ' if where != 'includes zero' else ''}{where} at "
+                            f"{_span(rows, chosen, key)}")  # fmt: skip
+    if verdicts:
+        parts.append(f"Its 95% CI {'; it '.join(verdicts)}.")
+    if above:
+        strongest = min(above, key=lambda r: r.p_value if r.p_value is not None else 1.0)
+        p_value = "-" if strongest.p_value is None else f"{strongest.p_value:.2g}"
+        parts.append(f"The clearest is at {key} = {show(strongest.value)} "
+                     f"({_points(strongest, inner=True)}; paired t-test p = {p_value}).")  # fmt: skip
+    return parts
+
+
+def failure_sentences(rows: list[Row], key: str) -> list[str]:
+    """Where seeds failed to learn, per variant, with the binomial interval;
+    where a variant learnt on every seed; and, point by point, which variant
+    failed more often (Fisher's exact test of the two counts)."""
+    from scipy import stats
+
+    if not any(r.failed(v) for r in rows for v in VARIANTS):
+        return []
+    parts = []
+    for variant in VARIANTS:
+        failing = [r for r in rows if r.failed(variant)]
+        label = LABELS[variant][0].upper() + LABELS[variant][1:]
+        if not failing:
+            parts.append(f"{label}, every seed learnt at every point.")
+            continue
+        listed = "; ".join(f"{key} = {show(r.value)}: {failed_cell(r.outcomes[variant], r.seeds)}"
+                           for r in failing)  # fmt: skip
+        clean = [r for r in rows if not r.failed(variant)]
+        usable = (f"; every seed learnt at {_span(rows, clean, key)}" if clean
+                  else "; at no point did every seed learn")  # fmt: skip
+        parts.append(f"{label}, seeds failed to learn (diverged, or ended below "
+                     f"{100 * NEAR_CHANCE:.0f}% test accuracy where chance is 10%) at "
+                     f"{listed}{usable}.")  # fmt: skip
+    for r in rows:
+        bn, nobn = r.failed("bn"), r.failed("nobn")
+        if bn == nobn:
+            continue
+        worse = "nobn" if nobn > bn else "bn"
+        test = stats.fisher_exact([[bn, r.seeds - bn], [nobn, r.seeds - nobn]])
+        parts.append(
+            f"At {key} = {show(r.value)} the variant {LABELS[worse]} failed more often "
+            f"({max(bn, nobn)} of {r.seeds} seeds against {min(bn, nobn)}; Fisher's exact test "
+            f"p = {test.pvalue:.2g}), so it is the worse one there"
+            + (" whatever its learners' accuracy." if test.pvalue < 0.05 else
+               ", though with this many seeds the difference in failures could be chance.")
+        )  # fmt: skip
+    parts.append(WHY_SEPARATE)
+    return parts
+
+
+def finding(rows: list[Row], key: str) -> str:
+    """The gain, where it is clear, and where seeds failed to learn."""
     if not rows:
         return "No point of the study has results yet: run `make study`."
-    first, last = rows[0], rows[-1]
-    parts = [
-        f"BatchNorm's gain goes from {_points(first)} at depth {first.depth} to "
-        f"{_points(last)} at depth {last.depth}."
-    ]
-    if any(r.gain_ci is None for r in rows):
-        parts.append("With one seed per point there are no intervals, so no depth can be called.")
-    else:
-        above = [r for r in rows if r.gain_ci[0] > 0]
-        if not above:
-            parts.append("At no depth does the gain's 95% CI exclude zero.")
-        else:
-            start = above[0]
-            holds = all(r.gain_ci[0] > 0 for r in rows if r.depth >= start.depth)
-            where = (
-                f"already at the shallowest depth studied, {start.depth}"
-                if start is first
-                else f"from depth {start.depth} on"
-            )
-            shallower = [str(r.depth) for r in rows if r.depth < start.depth]
-            p_value = "-" if start.p_value is None else f"{start.p_value:.2g}"  # equal gains
-            parts.append(
-                f"Its 95% CI excludes zero {where} ({_points(start, inner=True)}; p = "
-                f"{p_value}), "
-                + ("and at every deeper point" if holds else "though not at every deeper point")
-                + (f"; at {', '.join(shallower)} layers it does not." if shallower else ".")
-            )
-    for r in rows:
-        for variant in VARIANTS:
-            if r.stalled[variant]:
-                parts.append(
-                    f"At depth {r.depth}, {r.stalled[variant]} of {r.seeds} seeds "
-                    f"{LABELS[variant]} ended below {100 * NEAR_CHANCE:.0f}% test accuracy "
-                    "(chance is 10%): they learnt next to nothing, and the t-interval of that "
-                    "mean, which assumes a roughly normal spread, is only a rough guide."
-                )
-    return " ".join(parts)
+    return " ".join(gain_sentences(rows, key) + failure_sentences(rows, key))
 
 
-def why(rows: list[Row]) -> str:
-    """The diagnostics at the shallowest and the deepest point, in words."""
-    first, last = rows[0], rows[-1]
+def why(rows: list[Row], key: str) -> str:
+    """The diagnostics at the first and last point where a variant's seeds
+    learnt, in words."""
+    sentences = []
+    for measure, unit, scale, what in (
+        ("dead", "%", 100, "Dead hidden units (zero for every test image, final epoch, mean "
+                           "over the seeds that learnt)"),
+        ("grad_ratio", "", 1, "The first hidden layer's gradient norm over the last one's"),
+    ):  # fmt: skip
+        spans = []
+        for variant in ("nobn", "bn"):
+            known = [r for r in rows if getattr(r, measure)[variant] is not None]
+            if not known:
+                spans.append(f"not known {LABELS[variant]} (no seed learnt)")
+                continue
+            ends = [(r, scale * getattr(r, measure)[variant])
+                    for r in ([known[0]] if len(known) == 1 else [known[0], known[-1]])]  # fmt: skip
+            digits = 1 if unit else 2
+            spans.append(("from " if len(ends) > 1 else "") + " to ".join(
+                f"{v:.{digits}f}{unit} at {key} = {show(r.value)}" for r, v in ends
+            ) + f" {LABELS[variant]}")  # fmt: skip
+        sentences.append(f"{what}: {spans[0]}; {spans[1]}.")
+    return " ".join(sentences)
 
-    def span(values: dict[int, float], unit: str) -> str:
-        return f"{values[first.depth]:.{1 if unit else 2}f}{unit} at depth {first.depth} to " \
-               f"{values[last.depth]:.{1 if unit else 2}f}{unit} at depth {last.depth}"  # fmt: skip
 
-    dead = {v: {r.depth: 100 * r.dead[v] for r in rows} for v in VARIANTS}
-    ratio = {v: {r.depth: r.grad_ratio[v] for r in rows} for v in VARIANTS}
-    return (
-        f"Dead hidden units (zero for every test image, final epoch, mean over seeds) go from "
-        f"{span(dead['nobn'], '%')} without BatchNorm, and from {span(dead['bn'], '%')} with it. "
-        f"The first hidden layer's gradient norm over the last one's goes from "
-        f"{span(ratio['nobn'], '')} without BatchNorm, and from {span(ratio['bn'], '')} with it."
-    )
+def _accuracy_cell(mean: float | None, interval: list[float] | None, sign: str = "") -> str:
+    """ "97.58 (97.41 to 97.76)"; the value alone without an interval; "-" without a value."""
+    if mean is None:
+        return "-"
+    value = f"{100 * mean:{sign}.2f}"
+    return value if interval is None else f"{value} ({show_interval(interval, sign=sign)})"
 
 
-def table(rows: list[Row]) -> Table:
-    header = ["depth", "experiment", "seeds", "with BatchNorm (%)", "without BatchNorm (%)",
-              "gain (points)", "p (paired t-test)", "dead units without BN (%)"]  # fmt: skip
+def table(rows: list[Row], key: str) -> Table:
+    header = [key, "experiment", "with BatchNorm (%)", "without BatchNorm (%)",
+              "gain (points)", "p (paired t-test)", "failed with BN", "failed without BN",
+              "dead units without BN (%)"]  # fmt: skip
     body = []
     for r in rows:
-        cells = [str(r.depth), r.name, str(r.seeds)]
-        for variant in VARIANTS:
-            mean, interval = r.accuracy[variant]
-            cells.append(_cell(f"{100 * mean:.2f}", interval))
-        cells.append(_cell(_gain(r.gain), r.gain_ci, "+"))
+        cells = [show(r.value), r.name]
+        cells += [_accuracy_cell(*r.accuracy[variant]) for variant in VARIANTS]
+        cells.append(_accuracy_cell(r.gain, r.gain_ci, "+"))
         cells.append("-" if r.p_value is None else f"{r.p_value:.2g}")
-        cells.append(f"{100 * r.dead['nobn']:.1f}")
+        cells += [failed_cell(r.outcomes[variant], r.seeds) for variant in VARIANTS]
+        cells.append("-" if r.dead["nobn"] is None else f"{100 * r.dead['nobn']:.1f}")
         body.append(cells)
     return Table(header, body)
 
 
-def accuracy_figure(rows: list[Row]) -> Figure:
-    """Test accuracy per variant against depth, and the paired gain, each
-    with its 95% CI as error bars."""
-    fig = Figure(figsize=(10, 4))
-    fig.subplots_adjust(left=0.08, right=0.98, top=0.86, bottom=0.14, wspace=0.28)
-    accuracy, gain = fig.subplots(1, 2)
-    depths = [r.depth for r in rows]
+def _axis(rows: list[Row]) -> tuple[list[float], bool]:
+    """x positions of the points, and whether to draw them on a log scale
+    (numbers spanning a factor of 8 or more: learning rates, batch sizes)."""
+    xs = [float(r.value) if isinstance(r.value, int | float) else k for k, r in enumerate(rows)]
+    numeric = all(isinstance(r.value, int | float) and not isinstance(r.value, bool) for r in rows)
+    logarithmic = numeric and min(xs) > 0 and max(xs) / min(xs) >= 8
+    return xs, logarithmic
+
+
+def _set_x(ax: Any, rows: list[Row], xs: list[float], logarithmic: bool, key: str) -> None:
+    if logarithmic:
+        ax.set_xscale("log")
+        ax.minorticks_off()
+    ax.set_xticks(xs)
+    ax.set_xticklabels([show(r.value) for r in rows], fontsize=8)
+    ax.set_xlabel(key)
+    ax.grid(alpha=0.3)
+
+
+def _nan(value: float | None, scale: float = 1) -> float:
+    return math.nan if value is None else scale * value
+
+
+def _errors(means: list[float], intervals: list[list[float] | None]) -> list[list[float]]:
+    """Error bar lengths below and above each mean (0 without an interval)."""
+    below = [m - 100 * i[0] if i else 0.0 for m, i in zip(means, intervals, strict=True)]
+    above = [100 * i[1] - m if i else 0.0 for m, i in zip(means, intervals, strict=True)]
+    return [below, above]
+
+
+def accuracy_figure(rows: list[Row], key: str) -> Figure:
+    """Test accuracy per variant (over the seeds that learnt), the paired
+    gain, each with its 95% CI, and the fraction of seeds that failed."""
+    fig = Figure(figsize=(14, 4))
+    fig.subplots_adjust(left=0.06, right=0.99, top=0.86, bottom=0.14, wspace=0.28)
+    accuracy, gain, failed = fig.subplots(1, 3)
+    xs, logarithmic = _axis(rows)
     for variant in VARIANTS:
-        means = [100 * r.accuracy[variant][0] for r in rows]
-        accuracy.errorbar(depths, means, yerr=_errors(means, [r.accuracy[variant][1] for r in rows]),
+        means = [_nan(r.accuracy[variant][0], 100) for r in rows]
+        accuracy.errorbar(xs, means, yerr=_errors(means, [r.accuracy[variant][1] for r in rows]),
                           fmt="o-", capsize=4, color=COLORS[variant], label=LABELS[variant])  # fmt: skip
+        failed.plot(xs, [100 * r.outcomes[variant]["failed_fraction"] for r in rows], "o-",
+                    color=COLORS[variant], label=LABELS[variant])  # fmt: skip
     accuracy.set_ylim(top=100.5)  # a t-interval may run past 100%: accuracy cannot
-    accuracy.set_xlabel("hidden layers (model.depth)")
-    accuracy.set_ylabel("test accuracy (%)")
-    accuracy.set_title("Mean over seeds, 95% CI")
+    accuracy.set_ylabel("test accuracy (%), seeds that learnt")
+    accuracy.set_title("Mean over the seeds that learnt, 95% CI")
     accuracy.legend(fontsize=8)
-    gains = [100 * r.gain for r in rows]
+    gains = [_nan(r.gain, 100) for r in rows]
     gain.axhline(0, color="0.4", lw=1, ls="--")
-    gain.errorbar(depths, gains, yerr=_errors(gains, [r.gain_ci for r in rows]), fmt="D-",
+    gain.errorbar(xs, gains, yerr=_errors(gains, [r.gain_ci for r in rows]), fmt="D-",
                   capsize=4, color="tab:green")  # fmt: skip
     gain.set_yscale("symlog", linthresh=2)  # small gains stay readable beside a collapse
-    gain.set_xlabel("hidden layers (model.depth)")
     gain.set_ylabel("gain (points; linear to 2, log beyond)")
     gain.set_title("BatchNorm's paired gain, 95% CI")
-    for ax in (accuracy, gain):
-        ax.set_xticks(depths)
-        ax.grid(alpha=0.3)
-    fig.suptitle("Test accuracy against depth")
+    failed.set_ylim(-5, 105)
+    failed.set_ylabel("seeds that failed to learn (%)")
+    failed.set_title("Diverged, or below 20% test accuracy")
+    failed.legend(fontsize=8)
+    for ax in (accuracy, gain, failed):
+        _set_x(ax, rows, xs, logarithmic, key)
+    fig.suptitle(f"Test accuracy and failures against {key}")
     return fig
 
 
-def _errors(means: list[float], intervals: list[list[float] | None]) -> list[list[float]] | None:
-    """Error bar lengths below and above each mean (none without intervals)."""
-    if any(i is None for i in intervals):
-        return None
-    return [[m - 100 * i[0] for m, i in zip(means, intervals, strict=True)],
-            [100 * i[1] - m for m, i in zip(means, intervals, strict=True)]]  # fmt: skip
-
-
-def diagnostics_figure(rows: list[Row]) -> Figure:
+def diagnostics_figure(rows: list[Row], key: str) -> Figure:
     """The why: dead hidden units and the first-to-last gradient norm ratio,
-    per depth, both variants (final epoch, mean over seeds)."""
+    per point, both variants (final epoch, mean over the seeds that learnt)."""
     fig = Figure(figsize=(10, 4))
     fig.subplots_adjust(left=0.08, right=0.98, top=0.86, bottom=0.14, wspace=0.28)
     dead, ratio = fig.subplots(1, 2)
-    depths = [r.depth for r in rows]
+    xs, logarithmic = _axis(rows)
     for variant in VARIANTS:
         style = {"color": COLORS[variant], "label": LABELS[variant], "marker": "o"}
-        dead.plot(depths, [100 * r.dead[variant] for r in rows], **style)
-        ratio.plot(depths, [r.grad_ratio[variant] for r in rows], **style)
+        dead.plot(xs, [_nan(r.dead[variant], 100) for r in rows], **style)
+        ratio.plot(xs, [_nan(r.grad_ratio[variant]) for r in rows], **style)
     dead.set_ylabel("dead hidden units (%)")
     dead.set_title("Units that are zero for every test image")
     ratio.axhline(1, color="0.4", lw=1, ls="--")
@@ -218,40 +335,50 @@ def diagnostics_figure(rows: list[Row]) -> Figure:
     ratio.set_ylabel("first / last layer gradient norm")
     ratio.set_title("Gradient norm, first hidden layer over last")
     for ax in (dead, ratio):
-        ax.set_xlabel("hidden layers (model.depth)")
-        ax.set_xticks(depths)
-        ax.grid(alpha=0.3)
+        _set_x(ax, rows, xs, logarithmic, key)
         ax.legend(fontsize=8)
-    fig.suptitle("Why: dead units and gradient flow against depth (final epoch, mean over seeds)")
+    fig.suptitle(f"Why: dead units and gradient flow against {key} "
+                 "(final epoch, mean over the seeds that learnt)")  # fmt: skip
     return fig
 
 
-def build(results: dict[int, dict | str], names: dict[int, str],
-          params: dict[str, Any]) -> tuple[list[Block], dict[str, Figure]]:  # fmt: skip
-    """The summary's blocks and figures. `results`: per depth, a point's
-    results or why it has none ("missing", "failed: ...", "partial: ...")."""
-    rows = [row(d, names[d], r) for d, r in sorted(results.items()) if isinstance(r, dict)]
-    absent = [f"depth {d}: {why}" for d, why in sorted(results.items()) if isinstance(why, str)]
-    blocks: list[Block] = [Heading("Depth study: when does BatchNorm start to matter?", 1)]
-    blocks.append(Paragraph(finding(rows)))
+def build(
+    study: str,
+    param: str,
+    results: dict[Any, dict | str],
+    names: dict[Any, str],
+    setting: dict[str, Any],
+) -> tuple[list[Block], dict[str, Figure]]:
+    """The summary's blocks and figures. `results`: per value (in the
+    study's order), a point's results or why it has none ("missing",
+    "failed: ...", "partial: ..."); `setting`: the params every point shares."""
+    key = param.rsplit(".", 1)[-1]
+    rows = [row(v, names[v], r) for v, r in results.items() if isinstance(r, dict)]
+    absent = [f"{key} = {show(v)}: {why}" for v, why in results.items() if isinstance(why, str)]
+    blocks: list[Block] = [Heading(f"Study `{study}`: BatchNorm's gain against {param}", 1)]
+    blocks.append(Paragraph(finding(rows, key)))
     if absent:
         blocks += [Heading("Points without results"), Paragraph("; ".join(absent) + ".")]
     figures: dict[str, Figure] = {}
     if rows:
+        accuracy_name, diagnostics_name = (
+            ACCURACY_FIGURE.format(study),
+            DIAGNOSTICS_FIGURE.format(study),
+        )
         figures = {
-            ACCURACY_FIGURE: accuracy_figure(rows),
-            DIAGNOSTICS_FIGURE: diagnostics_figure(rows),
+            accuracy_name: accuracy_figure(rows, key),
+            diagnostics_name: diagnostics_figure(rows, key),
         }
         blocks += [
-            Heading("Accuracy and gain"),
-            table(rows),
-            Image(ACCURACY_FIGURE, "Test accuracy and BatchNorm's gain against depth"),
+            Heading("Accuracy, gain and failures"),
+            table(rows, key),
+            Image(accuracy_name, f"Test accuracy, BatchNorm's gain and failures against {key}"),
             Heading("Why"),
-            Paragraph(why(rows)),
-            Image(DIAGNOSTICS_FIGURE, "Dead units and gradient norm ratio against depth"),
+            Paragraph(why(rows, key)),
+            Image(diagnostics_name, f"Dead units and gradient norm ratio against {key}"),
         ]
-    setting = [f"{k} = {params[k]}" for k in sorted(params)
-               if k.split(".")[0] in ("model", "train") and k != "model.depth"]  # fmt: skip
-    if setting:
-        blocks += [Heading("Held fixed"), Paragraph(", ".join(setting) + ".")]
+    held = [f"{k} = {show(setting[k])}" for k in sorted(setting)
+            if k.split(".")[0] in ("model", "train") and k != param]  # fmt: skip
+    if held:
+        blocks += [Heading("Held fixed"), Paragraph(", ".join(held) + ".")]
     return blocks, figures
