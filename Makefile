@@ -27,7 +27,7 @@ SHARE ?=
 REMOTE ?= origin
 study: $(STAMP)
 	$(WITH_VENV) dvc repro
-	$(WITH_VENV) python -m pipeline.study queue $(if $(STUDY),--study $(STUDY)) $(if $(SHARE),--share $(SHARE))
+	$(WITH_VENV) python -m pipeline.study queue $(if $(STUDY),--study $(STUDY)) $(if $(SHARE),--share $(SHARE) --pull $(REMOTE))
 	$(WITH_VENV) dvc exp run --run-all --jobs 1
 	$(if $(SHARE),$(WITH_VENV) python -m pipeline.study push $(if $(STUDY),--study $(STUDY)) --remote $(REMOTE))
 	$(WITH_VENV) python -m pipeline.study summarize $(if $(STUDY),--study $(STUDY)) $(if $(SHARE),--pull $(REMOTE))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -247,7 +248,8 @@ def evaluate_all(params: Params, tracker: tracking.Tracker) -> None:
         for seed, path in checkpoints_of(paths.MODELS_DIR / variant).items():
             model, checkpoint = load_checkpoint(path)
             e = evaluate_model(model, x, y, params.evaluate.batch_size)
-            e = dataclasses.replace(e, diverged=checkpoint.get("diverged") is not None)
+            diverged = checkpoint.get("diverged") is not None or not math.isfinite(e.test_loss)
+            e = dataclasses.replace(e, diverged=diverged)
             evaluations[variant][seed] = e
             log.info(
                 "%s seed %d: test accuracy %.2f%%, loss %.4f",

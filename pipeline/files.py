@@ -45,7 +45,8 @@ def save_figure(figure: Any, path: Path, dpi: int) -> None:
 def atomic_write_json(path: Path, data: Any, sort_keys: bool = True) -> None:
     """`data` as indented JSON; keys sorted unless `sort_keys` is false (then
     in the dict's own order, e.g. the column order of `dvc exp show`)."""
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=sort_keys) + "\n")
+    text = json.dumps(data, indent=2, sort_keys=sort_keys, allow_nan=False)  # NaN is not JSON
+    atomic_write_text(path, text + "\n")
 
 
 def read_json(path: Path, missing: str) -> Any:

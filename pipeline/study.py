@@ -21,9 +21,10 @@ at its commit with `dvc.api.read`. Experiments with other params are never
 picked up; those with a point's params but other code are named as stale.
 
 Several machines share one study's points (docs/scale.md): `--share i/n`
-queues only the values at positions i, i+n, ... of the study's list; `push`
-sends this machine's points to the git and DVC remotes (`dvc exp push`), and
-`summarize --pull <remote>` fetches every machine's (`dvc exp pull`) first.
+queues only the values at positions i, i+n, ... of the study's list (the
+workspace's own point left out: every machine has it); `push` sends this
+machine's points to the git and DVC remotes (`dvc exp push`), and `--pull
+<remote>` fetches every machine's first (`dvc exp pull`).
 Plain `dvc repro` never runs a study.
 """
 
@@ -93,7 +94,7 @@ def what_differs(point: Point, workspace: Experiment) -> str:
     """ "depth=20", "lr=0.1 epochs=3": the point's params that are not the
     workspace's, by their last name; "" for the workspace's own point."""
     return " ".join(f"{key.rsplit('.', 1)[-1]}={_shown(value)}"
-                    for key, value in point.overrides.items()
+                    for key, value in sorted(point.overrides.items())
                     if workspace.params.get(key) != value)  # fmt: skip
 
 
@@ -194,7 +195,8 @@ def to_compute(
 
 def share_of(values: list[Any], share: tuple[int, int] | None) -> list[Any]:
     """This machine's values: with share (i, n), those at positions i, i + n,
-    ... (from 1) of the study's list; every value without."""
+    ... (from 1) of the list (a study's values but the workspace's); every
+    value without."""
     if share is None:
         return values
     i, n = share
@@ -300,8 +302,12 @@ def reader(point: Experiment) -> Callable[[str, str], str]:
 
 def queue(studies: dict[str, StudyParams], share: tuple[int, int] | None) -> None:
     workspace, experiments = parse_exp_show(exp_show())
-    points = [p for name, study in studies.items() for p in study_points(name, study)
-              if p.value in share_of(study.values, share)]  # fmt: skip
+    points = []
+    for name, study in studies.items():  # the workspace's own point is nobody's share
+        own = [p for p in study_points(name, study)
+               if expected_params(p, workspace) != comparable(workspace.params)]  # fmt: skip
+        mine = share_of([p.value for p in own], share)
+        points += [p for p in own if p.value in mine]
     missing = to_compute(points, workspace, experiments, same_code_as_workspace)
     for name in studies:
         done = [p.value for p in points if p.study == name and p not in missing]
@@ -359,7 +365,7 @@ def summarize(studies: dict[str, StudyParams], params: Params) -> None:
     (writing nothing for it) a study with no point that has results, after
     summarizing the others."""
     workspace, experiments = parse_exp_show(exp_show())
-    refused = []
+    refused, tagging = [], []
     for name, study in studies.items():
         chosen = chosen_points(name, study, workspace, experiments)
         results = {v: read_results(p, reader(p)) if isinstance(p, Experiment) else p
@@ -382,39 +388,41 @@ def summarize(studies: dict[str, StudyParams], params: Params) -> None:
         atomic_write_text(folder / f"{name}.md", render_markdown(blocks))
         atomic_write_text(folder / f"{name}.html", render_html(blocks, folder))
         log.info("wrote %s and %s", folder / f"{name}.md", folder / f"{name}.html")
-        tag_runs(name, study, points, workspace, params.tracking.experiment)
+        tagging.append((name, study, points))
+    if tagging:  # after every summary is written: a dead server loses none of them
+        tag_runs(tagging, workspace, params.tracking.experiment)
     if refused:
         raise PipelineError(*refused)
 
 
 def tag_runs(
-    name: str,
-    study: StudyParams,
-    points: dict[Any, Experiment],
+    studies: list[tuple[str, StudyParams, dict[Any, Experiment]]],
     workspace: Experiment,
     experiment: str,
 ) -> None:
-    """Tag every run of each point (parents and seeds) `study.<name>` = the
-    point's value, and name each point's parent runs by what differs from
-    the workspace ("bn depth=20"), so `mlflow ui` can filter a study and tell
-    its points apart. A run the store does not have is skipped with a warning."""
+    """Tag every run of each study's points (parents and seeds) `study.<name>`
+    = the point's value, and name each point's parent runs by what differs
+    from the workspace ("bn depth=20"), so `mlflow ui` can filter a study and
+    tell its points apart. A run the store does not have is skipped with a
+    warning."""
     uri = tracking.tracking_uri(os.environ, Path.cwd())
     with tracking.Tracker(uri, experiment) as tracker:
-        for value, point in points.items():
-            differs = what_differs(Point(name, value, study.fixed | {study.param: value}),
-                                   workspace)  # fmt: skip
-            tags = {f"{TAG_PREFIX}{name}": _shown(value)}
-            for variant in VARIANTS:
-                runs_file = paths.MODELS_DIR / variant / paths.RUNS_NAME
-                try:
-                    record = json.loads(reader(point)(str(runs_file), point.rev))
-                except (FileNotFoundError, ValueError) as err:
-                    log.warning("%s (%s): no MLflow runs to tag: %s", point.name, variant, err)
-                    continue
-                parent = record["parent_run_id"]
-                tracker.log_to_run(parent, tags=tags, name=f"{variant} {differs}".strip())
-                for run in record["runs"].values():
-                    tracker.log_to_run(run["run_id"], tags=tags)
+        for name, study, points in studies:
+            for value, point in points.items():
+                differs = what_differs(Point(name, value, study.fixed | {study.param: value}),
+                                       workspace)  # fmt: skip
+                tags = {f"{TAG_PREFIX}{name}": _shown(value)}
+                for variant in VARIANTS:
+                    runs_file = paths.MODELS_DIR / variant / paths.RUNS_NAME
+                    try:
+                        record = json.loads(reader(point)(str(runs_file), point.rev))
+                    except (FileNotFoundError, ValueError) as err:
+                        log.warning("%s (%s): no MLflow runs to tag: %s", point.name, variant, err)
+                        continue
+                    parent = record["parent_run_id"]
+                    tracker.log_to_run(parent, tags=tags, name=f"{variant} {differs}".strip())
+                    for run in record["runs"].values():
+                        tracker.log_to_run(run["run_id"], tags=tags)
 
 
 def share_argument(text: str) -> tuple[int, int]:
@@ -447,17 +455,17 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="queue only this machine's share of the values")  # fmt: skip
     parser.add_argument("--remote", default="origin", help="git remote for push (default origin)")
     parser.add_argument("--pull", metavar="REMOTE",
-                        help="summarize: first pull every experiment from this git remote")  # fmt: skip
+                        help="first pull every experiment from this git remote")  # fmt: skip
     args = parser.parse_args(argv)
     params = load_params(args.params)
     studies = selected(params, args.study)
+    if args.pull:
+        pull(args.pull)
     if args.action == "queue":
         queue(studies, args.share)
     elif args.action == "push":
         push(studies, args.remote)
     else:
-        if args.pull:
-            pull(args.pull)
         summarize(studies, params)
 
 

@@ -288,7 +288,7 @@ def train_variant(
                 where = history[-1].diverged
                 final = make_checkpoint(model, epoch=history[-1].epoch,
                                         metrics=history[-1].metrics(),
-                                        diverged=vars(where) if where else None,
+                                        diverged=where.as_json() if where else None,
                                         mlflow_run_id=run.run_id, **info, seed=seed)  # fmt: skip
                 save_checkpoint(checkpoint_path(staging, seed), final)
                 if params.tracking.log_model:  # from the file: read before staging moves

@@ -310,15 +310,25 @@ def test_diverging_seeds_are_a_result_not_an_error(tmp_path: Path) -> None:
     params["tracking"]["experiment"] = "diverging"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     run_stages(tmp_path, ["train_bn", "train_nobn", "evaluate"])
-    summary = json.loads((tmp_path / paths.TRAIN_REPORTS_DIR / "nobn.json").read_text())
+
+    def strict_json(path: Path) -> dict:  # NaN and Infinity are not JSON: they must not appear
+        return json.loads(path.read_text(), parse_constant=lambda name: pytest.fail(name))
+
+    summary = strict_json(tmp_path / paths.TRAIN_REPORTS_DIR / "nobn.json")
     assert summary["outcomes"]["diverged"] == 2 and summary["test_accuracy"] is None
     for seed in ("0", "1"):
         entry = summary["per_seed"][seed]
         assert entry["outcome"] == "diverged" and entry["diverged"]["epoch"] == 1
+        assert entry["diverged"]["loss"] in ("nan", "inf", "-inf")
         assert entry["epochs"] == 1  # every seed diverged: training ended after that epoch
         assert entry["train_loss"] is None  # NaN is not JSON
         assert 0 <= entry["test_accuracy"] <= 1  # what the NaN network predicts, counted
-    statistics = json.loads((tmp_path / paths.STATISTICS_FILE).read_text())
+    history = strict_json(tmp_path / paths.MODELS_DIR / "nobn" / paths.HISTORY_NAME)
+    assert [row["diverged"] for row in history["0"]] == [True]
+    assert history["0"][0]["train_loss"] is None
+    plots = (tmp_path / paths.TRAIN_REPORTS_DIR / "nobn.csv").read_text().splitlines()
+    assert plots[1].startswith("1,,")  # every seed diverged: no mean to draw
+    statistics = strict_json(tmp_path / paths.STATISTICS_FILE)
     nobn = statistics["nobn"]
     assert (nobn["learnt"], nobn["outcomes"]["failed"], nobn["test_accuracy"]) == (0, 2, None)
     assert nobn["outcomes"]["failed_fraction_ci95"] == pytest.approx([0.1581, 1.0], abs=1e-4)

@@ -279,6 +279,9 @@ def test_what_differs_names_the_points_params_that_are_not_the_workspaces() -> N
                               workspace) == "lr=1e-05"  # fmt: skip
     assert study.what_differs(study.Point("d", "cpu", {"train.device": "cpu"}),
                               workspace) == "device=cpu"  # fmt: skip
+    # by key, whichever study names the shared point: one name for its runs
+    assert study.what_differs(study.Point("depth", 4, {"train.lr": 0.01, "model.depth": 4}),
+                              workspace) == "depth=4 lr=0.01"  # fmt: skip
 
 
 def test_a_study_is_chosen_by_name(params_dict: dict) -> None:
@@ -562,7 +565,8 @@ def test_points_whose_results_cannot_be_read_are_no_results(
     assert len(caught.value.lines) == 1  # the lr study has the workspace's point: summarized
     assert not (tmp_path / "reports" / "study" / "depth.md").exists()
     assert (tmp_path / "reports" / "study" / "lr.md").exists()
-    assert [args[0] for args in summary_setup["tagged"]] == ["lr"]
+    ((tagged, _, _),) = summary_setup["tagged"]  # one call, after every summary
+    assert [name for name, _, _ in tagged] == ["lr"]
 
 
 def test_an_out_of_date_workspace_is_not_a_result(
@@ -622,7 +626,8 @@ def test_the_summary_writes_the_report_and_tags_the_points(
     assert sorted(read) == sorted((str(p), "e1") for p in (
         paths.STATISTICS_FILE, paths.TRAIN_REPORTS_DIR / "bn.json",
         paths.TRAIN_REPORTS_DIR / "nobn.json"))  # fmt: skip
-    ((name, tagged_study, points, workspace, experiment),) = summary_setup["tagged"]
+    ((tagged, workspace, experiment),) = summary_setup["tagged"]
+    ((name, tagged_study, points),) = tagged
     assert (name, tagged_study, experiment) == ("depth", named["depth"], "batchnorm-mnist")
     assert {v: p.name for v, p in points.items()} == {2: "d2", 10: "workspace"}
     assert workspace.name == "workspace"

@@ -78,7 +78,7 @@ def test_make_study_runs_the_workspace_the_queue_and_the_summaries() -> None:
     ]
     assert study_commands("STUDY=lr", "SHARE=1/2", "REMOTE=up") == [
         "dvc repro",
-        "python -m pipeline.study queue --study lr --share 1/2",
+        "python -m pipeline.study queue --study lr --share 1/2 --pull up",
         "dvc exp run --run-all --jobs 1",
         "python -m pipeline.study push --study lr --remote up",
         "python -m pipeline.study summarize --study lr --pull up",

@@ -268,10 +268,14 @@ def test_seed_figure_draws_every_seed_its_pairs_and_the_post() -> None:
 
 
 def diverged_history(history: figures.History, variant: str, seeds: list[str]) -> figures.History:
-    """`history` with these seeds' values NaN from epoch 2 on, as a diverged seed's are."""
+    """`history` with these seeds diverged from epoch 2 on, as history.json has
+    it: losses null (NaN is not JSON), the network's test accuracy at chance
+    and no dead unit (a NaN activation is never 0), the row flagged."""
     for seed in seeds:
         for row in history[variant][seed][1:]:
-            row.update({k: math.nan for k in row if k not in ("epoch", "epoch_seconds")})
+            row.update({k: 0.0 if k.endswith("dead_fraction") else None for k in row
+                        if k not in ("epoch", "epoch_seconds", "test_accuracy")})  # fmt: skip
+            row.update(test_accuracy=0.098, diverged=True)
     return history
 
 

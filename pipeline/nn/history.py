@@ -27,6 +27,10 @@ class Divergence:
     batch: int  # from 1, in the epoch
     loss: float  # nan, inf or -inf
 
+    def as_json(self) -> dict:
+        """JSON has no NaN or infinity: the loss as its name, "nan" or "inf"."""
+        return {"epoch": self.epoch, "batch": self.batch, "loss": str(self.loss)}
+
 
 @dataclass(frozen=True)
 class EpochRecord:
@@ -88,7 +92,7 @@ def summarize(histories: dict[int, list[EpochRecord]]) -> dict:
     summary["per_seed"] = {
         str(seed): {key: finite_or_none(getattr(record, key)) for key in SUMMARY_KEYS}
         | {"outcome": outcomes[seed], "epochs": record.epoch}
-        | ({"diverged": vars(record.diverged)} if record.diverged else {})
+        | ({"diverged": record.diverged.as_json()} if record.diverged else {})
         for seed, record in finals.items()
     }
     # per hidden layer (the first one first), at the last epoch, mean across learnt seeds
@@ -102,14 +106,19 @@ def summarize(histories: dict[int, list[EpochRecord]]) -> dict:
 
 
 def plot_table(histories: dict[int, list[EpochRecord]]) -> str:
-    """Per-epoch metrics as CSV, averaged across seeds: the DVC plots file."""
+    """Per-epoch metrics as CSV, averaged across the seeds that have not
+    diverged by that epoch (an empty cell where all have): the DVC plots file."""
     per_epoch = zip(*histories.values(), strict=True)
     rows = []
     for records in per_epoch:
         columns = records[0].metrics().keys()
+        training = [r for r in records if r.diverged is None]
         rows.append(
             {"epoch": records[0].epoch}
-            | {c: statistics.fmean(r.metrics()[c] for r in records) for c in columns}
+            | {
+                c: statistics.fmean(r.metrics()[c] for r in training) if training else None
+                for c in columns
+            }
         )
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
@@ -119,8 +128,11 @@ def plot_table(histories: dict[int, list[EpochRecord]]) -> str:
 
 
 def history_table(histories: dict[int, list[EpochRecord]]) -> dict[str, list[dict]]:
-    """Every seed's every epoch, all metrics: data/models/<variant>/history.json."""
+    """Every seed's every epoch, all metrics (null where not finite), and
+    whether the seed had diverged by then: data/models/<variant>/history.json."""
     return {
-        str(seed): [{"epoch": r.epoch} | r.metrics() for r in history]
+        str(seed): [{"epoch": r.epoch, "diverged": r.diverged is not None}
+                    | {k: finite_or_none(v) for k, v in r.metrics().items()}
+                    for r in history]
         for seed, history in histories.items()
-    }
+    }  # fmt: skip

@@ -275,6 +275,11 @@ def fit(
             if diverged[k] is None and found is not None:
                 diverged[k] = Divergence(epoch=epoch, batch=found[0], loss=found[1])
         evaluations = evaluate(model, data.test_x, data.test_y)
+        for k, (test_loss, _, _) in enumerate(evaluations):
+            if diverged[k] is None and not math.isfinite(test_loss):
+                # every batch loss was finite, but the last update was not
+                last = len(batch_starts(len(data.train_x), batch_size))
+                diverged[k] = Divergence(epoch=epoch, batch=last, loss=test_loss)
         seconds = time.perf_counter() - started
         records = [
             EpochRecord(

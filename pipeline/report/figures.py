@@ -107,10 +107,13 @@ def _finite_max(arrays: Iterable[np.ndarray]) -> float:
 
 
 def _series(runs: dict[str, list[dict[str, float]]], key: str) -> tuple[np.ndarray, np.ndarray]:
-    """(epochs, values) with one row of values per seed."""
+    """(epochs, values) with one row of values per seed; NaN from a seed's
+    divergence on (its network's numbers describe the failure, not training)."""
     first = next(iter(runs.values()))
     epochs = np.array([row["epoch"] for row in first])
-    return epochs, np.array([[row[key] for row in rows] for rows in runs.values()])
+    values = [[math.nan if row.get("diverged") or row[key] is None else row[key] for row in rows]
+              for rows in runs.values()]  # fmt: skip
+    return epochs, np.array(values, dtype=float)
 
 
 def _finite_mean_std(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -144,7 +147,7 @@ def training_curves(history: History) -> Figure:
             epochs, values = _series(runs, key)
             scale = 100 if key == "test_accuracy" else 1
             mean, std = (scale * x for x in _finite_mean_std(values))
-            diverged = sum(not math.isfinite(rows[-1]["train_loss"]) for rows in runs.values())
+            diverged = sum(bool(rows[-1].get("diverged")) for rows in runs.values())
             label = f"{LABELS[variant]} ({len(runs)} seed{'s' if len(runs) > 1 else ''}" + (
                 f", {diverged} diverged)" if diverged else ")"
             )
