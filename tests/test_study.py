@@ -408,6 +408,20 @@ def test_failures_are_counted_per_variant_and_the_worse_variant_named() -> None:
     )
 
 
+def test_an_interval_outside_0_to_100_percent_is_called_out() -> None:
+    # two learners at 95% and 75%: mean 85, t-interval with 1 degree of freedom 85 +- 127
+    r = study_report.row(20, "d20", results(LEARNT_BN, [0.95, 0.1, 0.75, 0.1, 0.1]))
+    low, high = r.accuracy["nobn"][1]
+    assert low < 0 and high > 1
+    assert study_report.range_sentences([r], "depth") == [
+        "At depth = 20 the t-interval of the mean accuracy without BatchNorm runs outside 0 to "
+        "100%: 2 seeds learnt (1 degree of freedom), too few or too far apart for it to say "
+        "more than that their accuracies differ widely."
+    ]
+    assert study_report.finding([r], "depth").endswith("their accuracies differ widely.")
+    assert study_report.range_sentences(rows({2: [0.004, 0.006, 0.005]}), "depth") == []
+
+
 def test_a_point_where_no_pair_learnt_has_no_gain() -> None:
     r = study_report.row(30, "d30", results(LEARNT_BN, ["diverged", 0.1, 0.1, 0.1, 0.1]))
     assert (r.pairs, r.gain, r.gain_ci, r.p_value) == (0, None, None, None)

@@ -197,11 +197,31 @@ def failure_sentences(rows: list[Row], key: str) -> list[str]:
     return parts
 
 
+def range_sentences(rows: list[Row], key: str) -> list[str]:
+    """Where a variant's t-interval of mean accuracy leaves 0 to 100%: too
+    few seeds learnt, or they disagree too much, for a t-interval to say much."""
+    parts = []
+    for r in rows:
+        for variant in VARIANTS:
+            interval = r.accuracy[variant][1]
+            if interval is not None and (interval[0] < 0 or interval[1] > 1):
+                learnt = r.outcomes[variant]["learnt"]
+                parts.append(
+                    f"At {key} = {show(r.value)} the t-interval of the mean accuracy "
+                    f"{LABELS[variant]} runs outside 0 to 100%: {learnt} seeds learnt "
+                    f"({learnt - 1} degree{'s' if learnt != 2 else ''} of freedom), too few or "
+                    "too far apart for it to say more than that their accuracies differ widely."
+                )
+    return parts
+
+
 def finding(rows: list[Row], key: str) -> str:
-    """The gain, where it is clear, and where seeds failed to learn."""
+    """The gain, where it is clear, where seeds failed to learn, and where an
+    interval does not fit the data."""
     if not rows:
         return "No point of the study has results yet: run `make study`."
-    return " ".join(gain_sentences(rows, key) + failure_sentences(rows, key))
+    sentences = gain_sentences(rows, key) + failure_sentences(rows, key)
+    return " ".join(sentences + range_sentences(rows, key))
 
 
 def why(rows: list[Row], key: str) -> str:
@@ -296,7 +316,8 @@ def accuracy_figure(rows: list[Row], key: str) -> Figure:
                           fmt="o-", capsize=4, color=COLORS[variant], label=LABELS[variant])  # fmt: skip
         failed.plot(xs, [100 * r.outcomes[variant]["failed_fraction"] for r in rows], "o-",
                     color=COLORS[variant], label=LABELS[variant])  # fmt: skip
-    accuracy.set_ylim(top=100.5)  # a t-interval may run past 100%: accuracy cannot
+    low, _ = accuracy.get_ylim()  # a t-interval may run outside 0-100%: accuracy cannot
+    accuracy.set_ylim(max(low, -0.5), 100.5)
     accuracy.set_ylabel("test accuracy (%), seeds that learnt")
     accuracy.set_title("Mean over the seeds that learnt, 95% CI")
     accuracy.legend(fontsize=8)
