@@ -66,6 +66,7 @@ class Experiment:
     state: str  # success | failed | queued | running
     params: dict[str, Any]  # params.yaml, flattened: {"model.depth": 10, ...}
     code: dict[str, str]  # the pipeline's modules and data/raw: path -> hash
+    baseline: str = ""  # the commit it was run from ("" for the workspace)
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _experiment(name: str, rev: dict, executor: dict | None) -> Experiment:
+def _experiment(name: str, rev: dict, executor: dict | None, baseline: str = "") -> Experiment:
     """`executor` is DVC's queue record (absent for `dvc exp run` in place)."""
     data = rev.get("data") or {}
     state = (executor or {}).get("state") or "success"
@@ -124,7 +125,8 @@ def _experiment(name: str, rev: dict, executor: dict | None) -> Experiment:
     code = {path: dep.get("hash") for path, dep in deps.items()
             if path.startswith("pipeline/") or path == str(paths.RAW_DIR)}  # fmt: skip
     return Experiment(name=name, rev=rev.get("rev", ""), created=data.get("timestamp") or "",
-                      state=state, params=_flatten(params), code=code)  # fmt: skip
+                      state=state, params=_flatten(params), code=code,
+                      baseline=baseline)  # fmt: skip
 
 
 def parse_exp_show(shown: list[dict]) -> tuple[Experiment, list[Experiment]]:
@@ -137,7 +139,8 @@ def parse_exp_show(shown: list[dict]) -> tuple[Experiment, list[Experiment]]:
             revs = entry.get("revs") or []
             if revs:
                 experiments.append(_experiment(entry.get("name") or revs[0].get("rev", ""),
-                                               revs[0], entry.get("executor")))  # fmt: skip
+                                               revs[0], entry.get("executor"),
+                                               baseline.get("rev", "")))  # fmt: skip
     if workspace is None:
         raise PipelineError("`dvc exp show --json` listed no workspace: is this a DVC repository?")
     return workspace, experiments
@@ -281,6 +284,13 @@ def _read_at(path: str, rev: str) -> str:
         raise FileNotFoundError(f"{path}: {err}") from None
 
 
+def head_commit() -> str:
+    """The commit the workspace is at (its point's code, once `dvc status` is clean)."""
+    done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=False)  # fmt: skip
+    return done.stdout.strip() or "unknown"
+
+
 def workspace_current() -> bool:
     """Whether the workspace's outputs are those of its params, code and
     data (`dvc status` has nothing to report)."""
@@ -379,8 +389,9 @@ def summarize(studies: dict[str, StudyParams], params: Params) -> None:
             )
             continue
         names = {v: p.name for v, p in points.items()}
+        commits = {v: p.baseline or head_commit() for v, p in points.items()}
         setting = comparable(workspace.params) | study.fixed
-        blocks, figures = study_report.build(name, study.param, results, names, setting)
+        blocks, figures = study_report.build(name, study.param, results, names, setting, commits)
         folder = paths.STUDY_DIR
         folder.mkdir(parents=True, exist_ok=True)
         for figure_name, figure in figures.items():

@@ -82,6 +82,7 @@ def test_exp_show_is_read_into_experiments_with_flat_params_and_code() -> None:
         "studies.depth.param": "model.depth", "studies.depth.values": [2, 4, 10],
     }  # fmt: skip
     assert first.code == {"pipeline/train.py": "c1", "data/raw": "raw"}  # not the models
+    assert (first.baseline, workspace.baseline) == ("b" * 40, "")  # run from; HEAD's own
     assert study.comparable(first.params) == {
         "model.depth": 2, "model.width": 64, "train.lr": 0.001, "train.seeds": [0, 1]
     }  # fmt: skip
@@ -408,6 +409,15 @@ def test_failures_are_counted_per_variant_and_the_worse_variant_named() -> None:
     )
 
 
+def test_the_code_sentence_names_each_commit_and_its_points() -> None:
+    assert study_report.code_sentence({2: "a" * 40, 4: "a" * 40, 10: "b" * 40}, "depth") == (
+        "Computed with the pipeline at commit aaaaaaa (depth = 2, 4) and bbbbbbb (depth = 10)."
+    )
+    assert study_report.code_sentence({0.1: "a" * 40}, "lr") == (
+        "Computed with the pipeline at commit aaaaaaa (lr = 0.1)."
+    )
+
+
 def test_an_interval_outside_0_to_100_percent_is_called_out() -> None:
     # two learners at 95% and 75%: mean 85, t-interval with 1 degree of freedom 85 +- 127
     r = study_report.row(20, "d20", results(LEARNT_BN, [0.95, 0.1, 0.75, 0.1, 0.1]))
@@ -530,6 +540,7 @@ def summary_setup(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, params_dict: 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(study, "same_code_as_workspace", same_code)
     monkeypatch.setattr(study, "workspace_current", lambda: True)
+    monkeypatch.setattr(study, "head_commit", lambda: "c" * 40)
     tagged: list[tuple] = []
     monkeypatch.setattr(study, "tag_runs", lambda *args: tagged.append(args))
     params_dict["visualize"]["dpi"] = 30
@@ -637,6 +648,10 @@ def test_the_summary_writes_the_report_and_tags_the_points(
         markdown
     )
     assert "data:image/png;base64," in (folder / "depth.html").read_text()
+    assert (
+        "## Code\n\nComputed with the pipeline at commit bbbbbbb (depth = 2) and ccccccc "
+        "(depth = 10)." in (folder / "depth.md").read_text()
+    )  # the experiment's baseline; the workspace's HEAD
     assert sorted(read) == sorted((str(p), "e1") for p in (
         paths.STATISTICS_FILE, paths.TRAIN_REPORTS_DIR / "bn.json",
         paths.TRAIN_REPORTS_DIR / "nobn.json"))  # fmt: skip

@@ -369,10 +369,12 @@ def build(
     results: dict[Any, dict | str],
     names: dict[Any, str],
     setting: dict[str, Any],
+    commits: dict[Any, str] | None = None,
 ) -> tuple[list[Block], dict[str, Figure]]:
     """The summary's blocks and figures. `results`: per value (in the
     study's order), a point's results or why it has none ("missing",
-    "failed: ...", "partial: ..."); `setting`: the params every point shares."""
+    "failed: ...", "partial: ..."); `setting`: the params every point
+    shares; `commits`: per point with results, the commit it was run from."""
     key = param.rsplit(".", 1)[-1]
     rows = [row(v, names[v], r) for v, r in results.items() if isinstance(r, dict)]
     absent = [f"{key} = {show(v)}: {why}" for v, why in results.items() if isinstance(why, str)]
@@ -402,4 +404,16 @@ def build(
             if k.split(".")[0] in ("model", "train") and k != param]  # fmt: skip
     if held:
         blocks += [Heading("Held fixed"), Paragraph(", ".join(held) + ".")]
+    if commits:
+        blocks += [Heading("Code"), Paragraph(code_sentence(commits, key))]
     return blocks, figures
+
+
+def code_sentence(commits: dict[Any, str], key: str) -> str:
+    """ "Computed with the pipeline at commit 29c36b0 (depth = 2, 4) and
+    c4be31e (depth = 10)": the commits the points were run from."""
+    by_commit: dict[str, list[str]] = {}
+    for value, commit in commits.items():
+        by_commit.setdefault(commit[:7], []).append(show(value))
+    listed = [f"{commit} ({key} = {', '.join(values)})" for commit, values in by_commit.items()]
+    return f"Computed with the pipeline at commit {_listing(listed)}."
