@@ -400,6 +400,9 @@ def test_failures_are_counted_per_variant_and_the_worse_variant_named() -> None:
         "accuracy.",
         study_report.WHY_SEPARATE,
     ]
+    gains, failures = study_report.finding_paragraphs(found, "depth")  # a paragraph each
+    assert failures == " ".join(study_report.failure_sentences(found, "depth"))
+    assert gains.startswith("BatchNorm's gain goes from")
     text = study_report.finding(found, "depth")
     # depth 30 has no pair that learnt: no gain there, so the gain runs from 2 to 20
     assert text.startswith(

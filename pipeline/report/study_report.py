@@ -215,13 +215,18 @@ def range_sentences(rows: list[Row], key: str) -> list[str]:
     return parts
 
 
-def finding(rows: list[Row], key: str) -> str:
-    """The gain, where it is clear, where seeds failed to learn, and where an
-    interval does not fit the data."""
+def finding_paragraphs(rows: list[Row], key: str) -> list[str]:
+    """The gain, where it is clear; where seeds failed to learn; where an
+    interval does not fit the data: one paragraph each (those with something to say)."""
     if not rows:
-        return "No point of the study has results yet: run `make study`."
-    sentences = gain_sentences(rows, key) + failure_sentences(rows, key)
-    return " ".join(sentences + range_sentences(rows, key))
+        return ["No point of the study has results yet: run `make study`."]
+    parts = (gain_sentences(rows, key), failure_sentences(rows, key), range_sentences(rows, key))
+    return [" ".join(part) for part in parts if part]
+
+
+def finding(rows: list[Row], key: str) -> str:
+    """The study's finding as one text (finding_paragraphs, joined)."""
+    return " ".join(finding_paragraphs(rows, key))
 
 
 def why(rows: list[Row], key: str) -> str:
@@ -379,7 +384,7 @@ def build(
     rows = [row(v, names[v], r) for v, r in results.items() if isinstance(r, dict)]
     absent = [f"{key} = {show(v)}: {why}" for v, why in results.items() if isinstance(why, str)]
     blocks: list[Block] = [Heading(f"Study `{study}`: BatchNorm's gain against {param}", 1)]
-    blocks.append(Paragraph(finding(rows, key)))
+    blocks += [Paragraph(text) for text in finding_paragraphs(rows, key)]
     if absent:
         blocks += [Heading("Points without results"), Paragraph("; ".join(absent) + ".")]
     figures: dict[str, Figure] = {}
