@@ -24,8 +24,12 @@ def study_commands(*make_args: str) -> list[str]:
     """The commands `make study` runs (`make -n`), without the environment
     prefix that puts the venv first; the venv counts as installed."""
     stamp = VENV / ".installed"
-    done = subprocess.run(["make", "-n", "-o", str(stamp), "study", f"VENV={VENV}", *make_args],
-                          cwd=REPO, capture_output=True, text=True, check=True)  # fmt: skip
+    # Under `make test` this runs inside make: without its variables, a nested
+    # make would print "Entering directory" lines and inherit its flags.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    command = ["make", "--no-print-directory", "-n", "-o", str(stamp), "study", f"VENV={VENV}"]
+    done = subprocess.run([*command, *make_args], cwd=REPO, env=env, capture_output=True,
+                          text=True, check=True)  # fmt: skip
     prefix = f'PATH="{VENV / "bin"}:$PATH" VIRTUAL_ENV="{VENV}" '
     return [" ".join(line.removeprefix(prefix).split()) for line in done.stdout.splitlines()]
 
