@@ -284,11 +284,20 @@ def _read_at(path: str, rev: str) -> str:
         raise FileNotFoundError(f"{path}: {err}") from None
 
 
-def head_commit() -> str:
-    """The commit the workspace is at (its point's code, once `dvc status` is clean)."""
-    done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                          check=False)  # fmt: skip
-    return done.stdout.strip() or "unknown"
+def code_commit(point: Experiment) -> str:
+    """The commit whose stage code the point ran: the last one, up to the
+    commit it was run from (the workspace: HEAD), that changed dvc.yaml or a
+    module its stages depend on; "uncommitted changes" when the workspace
+    differs from HEAD there. Committing a summary does not move it."""
+    files = ["dvc.yaml", *(path for path in point.code if path.startswith("pipeline/"))]
+    if not point.baseline:
+        changed = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", *files],
+                                 capture_output=True, check=False)  # fmt: skip
+        if changed.returncode == 1:
+            return "uncommitted changes"
+    done = subprocess.run(["git", "log", "-1", "--format=%H", point.baseline or "HEAD", "--",
+                           *files], capture_output=True, text=True, check=False)  # fmt: skip
+    return done.stdout.strip() or point.baseline or "unknown"
 
 
 def workspace_current() -> bool:
@@ -389,7 +398,7 @@ def summarize(studies: dict[str, StudyParams], params: Params) -> None:
             )
             continue
         names = {v: p.name for v, p in points.items()}
-        commits = {v: p.baseline or head_commit() for v, p in points.items()}
+        commits = {v: code_commit(p) for v, p in points.items()}
         setting = comparable(workspace.params) | study.fixed
         blocks, figures = study_report.build(name, study.param, results, names, setting, commits)
         folder = paths.STUDY_DIR

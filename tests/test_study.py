@@ -412,12 +412,47 @@ def test_failures_are_counted_per_variant_and_the_worse_variant_named() -> None:
     )
 
 
+def test_a_points_code_is_the_last_commit_that_changed_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+
+    monkeypatch.chdir(tmp_path)
+    git("init", "-q")
+    (tmp_path / "pipeline").mkdir()
+    for name in ("dvc.yaml", "pipeline/train.py", "README.md"):
+        (tmp_path / name).write_text("one\n")
+    git("add", "-A")
+    git("commit", "-qm", "code")
+    code = git("rev-parse", "HEAD").strip()
+    (tmp_path / "README.md").write_text("two\n")  # a summary or a README: not the code
+    git("commit", "-qam", "docs")
+    docs = git("rev-parse", "HEAD").strip()
+    workspace = study.Experiment("workspace", "", "", "success", {}, {"pipeline/train.py": "h"})
+    assert study.code_commit(workspace) == code
+    run_from_docs = study.Experiment("e", "e1", "", "success", {}, {"pipeline/train.py": "h"},
+                                     baseline=docs)  # fmt: skip
+    assert study.code_commit(run_from_docs) == code
+    (tmp_path / "pipeline" / "train.py").write_text("changed\n")
+    assert study.code_commit(workspace) == "uncommitted changes"
+    assert study.code_commit(run_from_docs) == code  # an experiment's code is committed
+
+
 def test_the_code_sentence_names_each_commit_and_its_points() -> None:
     assert study_report.code_sentence({2: "a" * 40, 4: "a" * 40, 10: "b" * 40}, "depth") == (
         "Computed with the pipeline at commit aaaaaaa (depth = 2, 4) and bbbbbbb (depth = 10)."
     )
-    assert study_report.code_sentence({0.1: "a" * 40}, "lr") == (
-        "Computed with the pipeline at commit aaaaaaa (lr = 0.1)."
+    assert study_report.code_sentence({0.1: "a" * 40, 1: "uncommitted changes"}, "lr") == (
+        "Computed with the pipeline at commit aaaaaaa (lr = 0.1) and uncommitted changes (lr = 1)."
     )
 
 
@@ -543,7 +578,7 @@ def summary_setup(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, params_dict: 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(study, "same_code_as_workspace", same_code)
     monkeypatch.setattr(study, "workspace_current", lambda: True)
-    monkeypatch.setattr(study, "head_commit", lambda: "c" * 40)
+    monkeypatch.setattr(study, "code_commit", lambda point: point.baseline or "c" * 40)
     tagged: list[tuple] = []
     monkeypatch.setattr(study, "tag_runs", lambda *args: tagged.append(args))
     params_dict["visualize"]["dpi"] = 30
@@ -654,7 +689,7 @@ def test_the_summary_writes_the_report_and_tags_the_points(
     assert (
         "## Code\n\nComputed with the pipeline at commit bbbbbbb (depth = 2) and ccccccc "
         "(depth = 10)." in (folder / "depth.md").read_text()
-    )  # the experiment's baseline; the workspace's HEAD
+    )  # the experiment's baseline; the commit of the workspace's code
     assert sorted(read) == sorted((str(p), "e1") for p in (
         paths.STATISTICS_FILE, paths.TRAIN_REPORTS_DIR / "bn.json",
         paths.TRAIN_REPORTS_DIR / "nobn.json"))  # fmt: skip

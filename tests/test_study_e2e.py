@@ -104,6 +104,9 @@ def test_each_study_has_its_summary_with_the_shared_points(repo: Path) -> None:
     assert f"| 0.01 | {names[2, 0.01]} |" in lr and f"| 1000.0 | {names[2, 1000.0]} |" in lr
     assert "BatchNorm's gain goes from" in depth
     assert "model.depth = 2" in lr  # held fixed for the lr study
+    # the last commit that changed the code (project_copy's; "tiny studies" changed params)
+    code = git(repo, "log", "-1", "--format=%H", "--", "dvc.yaml", "pipeline").strip()[:7]
+    assert f"Computed with the pipeline at commit {code} (depth = 2, 3)." in depth
     for study in ("depth", "lr"):
         for figure in (f"{study}_accuracy.png", f"{study}_diagnostics.png"):
             assert (folder / figure).read_bytes()[:4] == b"\x89PNG"

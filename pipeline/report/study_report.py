@@ -416,9 +416,11 @@ def build(
 
 def code_sentence(commits: dict[Any, str], key: str) -> str:
     """ "Computed with the pipeline at commit 29c36b0 (depth = 2, 4) and
-    c4be31e (depth = 10)": the commits the points were run from."""
+    c4be31e (depth = 10)": the commits the points' code comes from (a
+    commit's hash, or words such as "uncommitted changes")."""
     by_commit: dict[str, list[str]] = {}
     for value, commit in commits.items():
-        by_commit.setdefault(commit[:7], []).append(show(value))
+        short = commit[:7] if all(c in "0123456789abcdef" for c in commit) else commit
+        by_commit.setdefault(short, []).append(show(value))
     listed = [f"{commit} ({key} = {', '.join(values)})" for commit, values in by_commit.items()]
     return f"Computed with the pipeline at commit {_listing(listed)}."
