@@ -343,13 +343,18 @@ def queue(studies: dict[str, StudyParams], share: tuple[int, int] | None) -> Non
 
 
 def chosen_points(
-    name: str, study: StudyParams, workspace: Experiment, experiments: list[Experiment]
+    name: str,
+    study: StudyParams,
+    workspace: Experiment,
+    experiments: list[Experiment],
+    current: bool = True,
 ) -> dict[Any, Experiment | str]:
-    """Per value, the point's experiment (or the workspace), or why none."""
+    """Per value, the point's experiment (or the workspace, when `current`:
+    its outputs are those of its params and code), or why none."""
     chosen = {}
     for point in study_points(name, study):
         found = find(point, workspace, experiments, same_code_as_workspace)
-        if found is workspace and not workspace_current():
+        if found is workspace and not current:
             found = "the workspace's outputs are not up to date (`dvc status`): run `make run`"
         chosen[point.value] = found
     return chosen
@@ -359,7 +364,7 @@ def push(studies: dict[str, StudyParams], remote: str) -> None:
     """Send the studies' experiments made here to the git remote, and their
     outputs to the DVC remote (`dvc exp push`): other machines pull them."""
     workspace, experiments = parse_exp_show(exp_show())
-    names = sorted({e.name for name, study in studies.items()
+    names = sorted({e.name for name, study in studies.items()  # the workspace is not pushed
                     for e in chosen_points(name, study, workspace, experiments).values()
                     if isinstance(e, Experiment) and e is not workspace})  # fmt: skip
     if not names:
@@ -384,9 +389,10 @@ def summarize(studies: dict[str, StudyParams], params: Params) -> None:
     (writing nothing for it) a study with no point that has results, after
     summarizing the others."""
     workspace, experiments = parse_exp_show(exp_show())
+    current = workspace_current()  # one `dvc status` for every study
     refused, tagging = [], []
     for name, study in studies.items():
-        chosen = chosen_points(name, study, workspace, experiments)
+        chosen = chosen_points(name, study, workspace, experiments, current)
         results = {v: read_results(p, reader(p)) if isinstance(p, Experiment) else p
                    for v, p in chosen.items()}  # fmt: skip
         points = {v: p for v, p in chosen.items() if isinstance(results[v], dict)}
