@@ -65,12 +65,17 @@ class DataParams(Section):
 class ModelParams(Section):
     depth: Depth
     width: Annotated[int, Field(ge=1, le=4096)]
+    activation: Literal["relu", "tanh", "sigmoid"]
+    init_std: Annotated[float, Field(gt=0, le=10)] | None  # None: PyTorch's default init
+    inputs: Literal["scaled", "binary"]  # x/255, or pixels above half intensity as 1
 
 
 class TrainParams(Section):
     epochs: Annotated[int, Field(ge=1, le=1000)]
     batch_size: Annotated[int, Field(ge=2, le=60000)]  # BatchNorm needs 2 samples
+    optimizer: Literal["adam", "sgd"]
     lr: Annotated[float, Field(gt=0, le=10_000)]  # huge values are allowed: divergence is caught
+    momentum: Annotated[float, Field(ge=0, lt=1)]  # SGD's; Adam's are its betas
     betas: Annotated[list[Beta], Field(min_length=2, max_length=2)]
     eps: Annotated[PositiveFloat, Field(le=1)]
     weight_decay: Annotated[float, Field(ge=0, le=1)]
@@ -78,6 +83,14 @@ class TrainParams(Section):
     device: Literal["auto", "cpu", "cuda", "mps"]
     cpu_threads: Annotated[int, Field(ge=0, le=1024)]  # 0: torch's default
     cuda_graph: Literal["auto", True, False]  # auto: on for CUDA, off elsewhere
+
+    @field_validator("momentum")
+    @classmethod
+    def momentum_is_sgds(cls, momentum: float, info: ValidationInfo) -> float:
+        if momentum != 0 and info.data.get("optimizer") == "adam":
+            raise ValueError("must be 0 with train.optimizer adam (Adam's momentum is "
+                             "train.betas); set train.optimizer sgd for SGD with momentum")  # fmt: skip
+        return momentum
 
     @field_validator("seeds")
     @classmethod

@@ -80,8 +80,20 @@ class Progress:
 NAMES = {"bn": "BatchNorm", "nobn": "No-BatchNorm"}  # in run descriptions
 
 
+def setting(params: Params) -> str:
+    """What a run description says of the network and its training:
+    "10 x 64 relu, Adam lr 0.001, 9 epochs of batch 64"."""
+    m, t = params.model, params.train
+    optimizer = (f"SGD lr {t.lr:g}" + (f" momentum {t.momentum:g}" if t.momentum else "")
+                 if t.optimizer == "sgd" else f"Adam lr {t.lr:g}")  # fmt: skip
+    extras = [f"weights N(0, {m.init_std:g}^2)"] if m.init_std is not None else []
+    extras += ["binary inputs"] if m.inputs == "binary" else []
+    return ", ".join([f"{m.depth} x {m.width} {m.activation}", *extras, optimizer,
+                      f"{t.epochs} epochs of batch {t.batch_size}"])  # fmt: skip
+
+
 def seed_tags(
-    variant: str, seed: int | None, device: str, execution: str, seeds: list[int], epochs: int
+    variant: str, seed: int | None, device: str, execution: str, params: Params
 ) -> dict[str, str]:
     """A seed's run tags, or (seed None) those of the variant's parent run,
     with what the MLflow UI shows as the run's source (this stage, not the
@@ -89,12 +101,13 @@ def seed_tags(
     tags = tracking.run_tags(variant, seed, device, execution, os.environ, Path.cwd())
     tags |= {"mlflow.source.name": "pipeline.train", "mlflow.source.type": "LOCAL"}
     if seed is not None:
-        note = f"{NAMES[variant]} variant, seed {seed}, {epochs} epochs"
+        note = f"{NAMES[variant]} variant, seed {seed}: {setting(params)}"
         return tags | {"mlflow.note.content": note}
+    seeds = params.train.seeds
     listed = ", ".join(map(str, seeds))
     note = (
         f"{NAMES[variant]} variant, {len(seeds)} seed{'s' if len(seeds) > 1 else ''} "
-        f"({listed}) trained together, {epochs} epochs; one nested run per seed"
+        f"({listed}) trained together: {setting(params)}; one nested run per seed"
     )
     return tags | {"seeds": listed, "mlflow.note.content": note}
 
@@ -170,10 +183,13 @@ def train_seeds(
     thread (CoresForTheHelper). Returns each seed's final model and history."""
     t, seeds = params.train, params.train.seeds
     device = data.train_x.device
-    model = initial_model(params.model.depth, params.model.width, VARIANTS[variant], seeds)
+    m = params.model
+    model = initial_model(m.depth, m.width, VARIANTS[variant], seeds, m.activation, m.init_std,
+                          m.inputs)  # fmt: skip
     model.to(device)
     graph = use_cuda_graph(t.cuda_graph, device)
-    optimizer = make_optimizer(model, t.lr, t.betas, t.eps, t.weight_decay, capturable=graph)
+    optimizer = make_optimizer(model, t.lr, t.betas, t.eps, t.weight_decay, capturable=graph,
+                               kind=t.optimizer, momentum=t.momentum)  # fmt: skip
     label = f"{variant} ({len(seeds)} seed{'s' if len(seeds) > 1 else ''})"
 
     def on_epoch(records: list[EpochRecord]) -> None:
@@ -262,15 +278,14 @@ def train_variant(
         # tracker's helper logs them after we moved on.
         with (
             tempfile.TemporaryDirectory() as scratch,
-            tracker.run(experiment, variant, seed_tags(variant, None, device, execution, seeds,
-                                                       params.train.epochs),
+            tracker.run(experiment, variant, seed_tags(variant, None, device, execution, params),
                         logged_params) as parent,
             contextlib.ExitStack() as seed_runs,
         ):  # fmt: skip
             parent.log_dataset(paths.MNIST_RAW_DIR, digests)
             runs, model_tags = [], []
             for seed in seeds:
-                tags = seed_tags(variant, seed, device, execution, seeds, params.train.epochs)
+                tags = seed_tags(variant, seed, device, execution, params)
                 run = tracker.run(experiment, f"{variant}-seed{seed}", tags, logged_params, parent)
                 runs.append(seed_runs.enter_context(run))
                 model_tags.append(served_model_tags(tags))

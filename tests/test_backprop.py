@@ -137,7 +137,7 @@ def test_training_steps_match_autograd_steps(batchnorm: bool) -> None:
         states[use_autograd] = (model.state_dict(), torch.stack([n for _, n in results]))
     assert_same(losses[False], losses[True], "losses", batchnorm, steps=10)
     (manual, manual_norms), (reference, reference_norms) = states[False], states[True]
-    assert manual_norms.shape == (10, 4, 3)  # steps, layers, seeds
+    assert manual_norms.shape == (10, 2, 4, 3)  # steps, [weight, activation input], layers, seeds
     assert_same(manual_norms, reference_norms, "gradient norms", batchnorm, steps=10)
     for name, tensor in reference.items():
         assert_same(manual[name], tensor, name, batchnorm, steps=10)
@@ -153,8 +153,12 @@ def test_gradient_norms_are_each_layers_and_seeds(width: int) -> None:
     optimizer = make_optimizer(model, 0.0, [0.9, 0.999], 1e-8, 0.0)
     step = training_step(model, optimizer, data.train_x, data.train_y)
     _, norms = step(torch.stack([torch.arange(16), torch.arange(16, 32)]))
-    expected = torch.stack([w.grad.flatten(1).norm(dim=1) for w in model.hidden_weights()])
-    assert norms.shape == (3, 2)  # layers, seeds
+    expected = torch.stack([
+        torch.stack([w.grad.flatten(1).norm(dim=1) for w in model.hidden_weights()]),
+        # with BatchNorm, the gradient at the activation's input summed over the batch is beta's
+        torch.stack([block[1].bias.grad.norm(dim=1) for block in model.hidden]),
+    ])  # fmt: skip
+    assert norms.shape == (2, 3, 2)  # [weight, activation input], layers, seeds
     torch.testing.assert_close(norms, expected, rtol=1e-6, atol=0)
     assert (norms > 0).all()
 

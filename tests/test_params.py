@@ -239,7 +239,8 @@ def test_stage_exits_2_before_touching_outputs(
     assert done.returncode == 2
     assert done.stderr.splitlines() == [
         "params.yaml: train.batchsize = 32: unknown key; did you mean train.batch_size? "
-        "allowed: epochs, batch_size, lr, betas, eps, weight_decay, seeds, device, cpu_threads, "
+        "allowed: epochs, batch_size, optimizer, lr, momentum, betas, eps, weight_decay, seeds, "
+        "device, cpu_threads, "
         "cuda_graph"
     ]
     assert "Traceback" not in done.stderr

@@ -8,6 +8,7 @@ import torch
 from torch.nn import functional as F
 
 from pipeline.data.mnist import DeviceData, Mnist, to_device
+from pipeline.nn.diagnostics import DIAGNOSTICS
 from pipeline.nn.model import DeepMLP, StackedMLP, stack
 from pipeline.nn.training import (
     batch_starts,
@@ -255,10 +256,12 @@ def test_epoch_records_every_diagnostic_per_layer_and_seed() -> None:
         metrics = history[-1].metrics()
         assert {"train_loss", "test_loss", "test_accuracy", "epoch_seconds"} <= set(metrics)
         for layer in range(1, 5):
-            for name in ("act_mean", "act_std", "dead_fraction", "grad_norm"):
+            for name in ("act_mean", "act_std", "dead_fraction", "grad_norm", *DIAGNOSTICS,
+                         "input_grad_norm"):  # fmt: skip
                 assert f"layer_{layer:02d}/{name}" in metrics
-        assert len(metrics) == 4 + 4 * 4
+        assert len(metrics) == 4 + 4 * 12
         assert all(layer.grad_norm > 0 for layer in history[-1].layers)
+        assert all(layer.input_grad_norm > 0 for layer in history[-1].layers)
         assert history[-1].epoch_seconds > 0
     assert histories[0][-1].layers != histories[1][-1].layers  # each seed its own numbers
 

@@ -4,7 +4,8 @@ For this small network an autograd step is mostly bookkeeping: recording a
 graph node per operation on the way forward, walking the graph back one node
 at a time, and adding each gradient into `.grad`. Here the backward pass is
 written out for the one architecture the project trains (blocks of
-StackedLinear -> [StackedBatchNorm] -> ReLU, a StackedLinear head, each
+StackedLinear -> [StackedBatchNorm] -> ReLU, tanh or sigmoid, a StackedLinear
+head, each
 seed's mean cross-entropy, summed over seeds so that each seed's parameters
 get exactly the gradient of its own loss). It calls the ATen kernels that
 autograd calls for `stacked_loss(model(x), y).sum().backward()` on the same
@@ -36,7 +37,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pipeline.nn.flat import joined
-from pipeline.nn.model import CLASSES, StackedBatchNorm, StackedLinear, StackedMLP
+from pipeline.nn.model import CLASSES, StackedBatchNorm, StackedLinear, StackedMLP, prepared
 
 aten = torch.ops.aten
 NO_REDUCTION = 0  # ATen's reduction enum (0 none, 1 mean, 2 sum)
@@ -60,22 +61,54 @@ def stacked_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 class Block:
     linear: StackedLinear
     norm: StackedBatchNorm | None
+    activation: type[nn.Module]
+
+
+# Each activation: its in-place forward, and the ATen kernel of its backward,
+# which autograd calls too; ReLU's, tanh's and sigmoid's backward all need only
+# the activation's output, which the step keeps anyway.
+FORWARD_INTO: dict[type[nn.Module], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    nn.ReLU: lambda z, out: torch.clamp_min(z, 0, out=out),
+    nn.Tanh: lambda z, out: torch.tanh(z, out=out),
+    nn.Sigmoid: lambda z, out: torch.sigmoid(z, out=out),
+}
+
+
+def _relu_backward_into(grad: torch.Tensor, out: torch.Tensor, into: torch.Tensor) -> torch.Tensor:
+    return aten.threshold_backward.grad_input(grad, out, 0, grad_input=into)
+
+
+def _tanh_backward_into(grad: torch.Tensor, out: torch.Tensor, into: torch.Tensor) -> torch.Tensor:
+    return aten.tanh_backward.grad_input(grad, out, grad_input=into)  # grad * (1 - out^2)
+
+
+def _sigmoid_backward_into(
+    grad: torch.Tensor, out: torch.Tensor, into: torch.Tensor
+) -> torch.Tensor:
+    return aten.sigmoid_backward.grad_input(grad, out, grad_input=into)  # grad * out * (1 - out)
+
+
+BACKWARD_INTO = {nn.ReLU: _relu_backward_into, nn.Tanh: _tanh_backward_into,
+                 nn.Sigmoid: _sigmoid_backward_into}  # fmt: skip
 
 
 def blocks_of(model: StackedMLP) -> list[Block]:
     """The hidden blocks, checked to be what the hand-written backward pass
     supports; anything else (a changed model) is an error, not a wrong gradient."""
     blocks = []
+    supported = " | ".join(kind.__name__ for kind in FORWARD_INTO)
     for number, block in enumerate(model.hidden, start=1):
         kinds = [type(layer) for layer in block]
-        if kinds == [StackedLinear, nn.ReLU]:
-            blocks.append(Block(block[0], None))
-        elif kinds == [StackedLinear, StackedBatchNorm, nn.ReLU]:
-            blocks.append(Block(block[0], block[1]))
+        if len(kinds) == 2 and kinds[0] is StackedLinear and kinds[1] in FORWARD_INTO:
+            blocks.append(Block(block[0], None, kinds[1]))
+        elif len(kinds) == 3 and kinds[:2] == [StackedLinear, StackedBatchNorm] and (
+            kinds[2] in FORWARD_INTO
+        ):
+            blocks.append(Block(block[0], block[1], kinds[2]))
         else:
             names = " -> ".join(kind.__name__ for kind in kinds)
             raise TypeError(f"hidden block {number} is {names}; the hand-written backward "
-                            "supports StackedLinear -> [StackedBatchNorm] -> ReLU")  # fmt: skip
+                            f"supports StackedLinear -> [StackedBatchNorm] -> {supported}")  # fmt: skip
     if not isinstance(model.output, StackedLinear):
         raise TypeError(f"the output layer is {type(model.output).__name__}, not StackedLinear")
     return blocks
@@ -146,7 +179,9 @@ def loss_and_gradients(model: StackedMLP) -> LossAndGradients:
     nll_forward = aten.nll_loss_forward.default
     nll_backward = aten.nll_loss_backward.default
     log_softmax_backward = aten._log_softmax_backward_data.default
-    relu_backward_into = aten.threshold_backward.grad_input
+    activate = [FORWARD_INTO[b.activation] for b in blocks]
+    activation_backward = [BACKWARD_INTO[b.activation] for b in blocks]
+    inputs = model.inputs
     norm_backward = aten.native_batch_norm_backward.default
     scratches: dict[int, Scratch] = {}
 
@@ -156,6 +191,7 @@ def loss_and_gradients(model: StackedMLP) -> LossAndGradients:
         if batch not in scratches:
             scratches[batch] = Scratch(seeds, depth, width, batch, x)
         s = scratches[batch]
+        x = prepared(x, inputs)
         # Forward. Activations are (K, width, B): each row one (seed, unit)
         # over its seed's batch, so BatchNorm's statistics are sums along rows.
         h = x.transpose(1, 2)
@@ -163,7 +199,8 @@ def loss_and_gradients(model: StackedMLP) -> LossAndGradients:
         for index in range(depth):
             out = s.output[index]
             if not batchnorm:
-                h = torch.baddbmm(biases[index], weights[index], h, out=out).relu_()
+                z = torch.baddbmm(biases[index], weights[index], h, out=out)
+                h = activate[index](z, out)  # in place
                 continue
             # BatchNorm in training mode: the batch's statistics, running ones updated
             flat = torch.baddbmm(biases[index], weights[index], h).view(1, -1, batch)
@@ -171,7 +208,7 @@ def loss_and_gradients(model: StackedMLP) -> LossAndGradients:
                 flat, gammas[index], betas[index], running_means[index], running_vars[index],
                 True, momentum, eps,
             )  # fmt: skip
-            h = torch.clamp_min(normed.view(out.shape), 0, out=out)
+            h = activate[index](normed.view(out.shape), out)
             saved.append((flat, mean, invstd))
         if batchnorm:
             torch._foreach_add_(counters, 1)  # what each module's forward adds
@@ -192,7 +229,7 @@ def loss_and_gradients(model: StackedMLP) -> LossAndGradients:
         grad = torch.bmm(head_weight_t, grad_t)  # (K, width, B)
         gamma_grad_list, beta_grad_list = [], []
         for index in range(depth - 1, -1, -1):
-            delta = relu_backward_into(grad, s.output[index], 0, grad_input=s.delta[index])
+            delta = activation_backward[index](grad, s.output[index], s.delta[index])
             if batchnorm:  # the gradient at BatchNorm's output, through it to its input
                 flat, mean, invstd = saved[index]
                 grad_flat, gamma_grad, beta_grad = norm_backward(

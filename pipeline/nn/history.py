@@ -8,15 +8,30 @@ import io
 import statistics
 from dataclasses import dataclass, field
 
+from pipeline.nn.diagnostics import DIAGNOSTICS
 from pipeline.report.stats import LEARNT, failures, finite_or_none, mean_std, outcome
 
 
 @dataclass(frozen=True)
 class LayerStats:
-    act_mean: float  # mean post-ReLU activation over the test set
+    """One hidden layer of one seed after an epoch (pipeline/nn/diagnostics.py)."""
+
+    act_mean: float  # mean activation output over the test set
     act_std: float
     dead_fraction: float  # units that are zero for every test image
     grad_norm: float  # mean L2 norm of the layer's weight gradient over the epoch's batches
+    # the activation function's input over the test set: percentiles over all
+    # units and images, and over the images for the fixed unit
+    input_p15: float
+    input_p50: float
+    input_p85: float
+    unit_p15: float
+    unit_p50: float
+    unit_p85: float
+    flat_fraction: float  # inputs in the activation's flat region
+    # mean L2 norm over the epoch's batches of the loss gradient with respect
+    # to the activation's inputs, summed over the batch (fan-in free)
+    input_grad_norm: float
 
 
 @dataclass(frozen=True)
@@ -59,7 +74,11 @@ class EpochRecord:
 
 
 SUMMARY_KEYS = ("test_accuracy", "test_loss", "train_loss")
-LAYER_KEYS = ("dead_fraction", "grad_norm")  # the depth study's diagnostics
+# per hidden layer at the last epoch, mean over learnt seeds: the studies' diagnostics
+LAYER_KEYS = ("dead_fraction", "grad_norm", "flat_fraction", "input_grad_norm")
+# per seed, epoch and hidden layer: what judges the post's "why" and draws
+# the BatchNorm paper's Figure 1 (pipeline/nn/diagnostics.py)
+EPOCH_LAYER_KEYS = (*DIAGNOSTICS, "input_grad_norm")
 
 
 def outcome_of(history: list[EpochRecord]) -> str:
@@ -71,8 +90,9 @@ def outcome_of(history: list[EpochRecord]) -> str:
 def summarize(histories: dict[int, list[EpochRecord]]) -> dict:
     """reports/train/<variant>.json: each seed's final values and outcome;
     how many seeds failed to learn, and how; over the seeds that learnt, the
-    mean and std of the final values, and each hidden layer's dead-unit
-    fraction and gradient norm (null where no seed learnt)."""
+    mean and std of the final values, and each hidden layer's diagnostics
+    at the last epoch (null where no seed learnt); and per seed, its test
+    accuracy and layer diagnostics at every epoch (`per_epoch`)."""
     finals = {seed: history[-1] for seed, history in histories.items()}
     outcomes = {seed: outcome_of(history) for seed, history in histories.items()}
     learnt = [seed for seed in finals if outcomes[seed] == LEARNT]
@@ -102,7 +122,20 @@ def summarize(histories: dict[int, list[EpochRecord]]) -> dict:
               if learnt else None for k in range(depth)]
         for key in LAYER_KEYS
     }  # fmt: skip
+    summary["per_epoch"] = {str(seed): per_epoch(history) for seed, history in histories.items()}
     return summary
+
+
+def per_epoch(history: list[EpochRecord]) -> dict:
+    """One seed's test accuracy per epoch, and per EPOCH_LAYER_KEYS key its
+    values per epoch and hidden layer, [epoch][layer] (null where not finite)."""
+    return {
+        "epoch": [r.epoch for r in history],
+        "test_accuracy": [finite_or_none(r.test_accuracy) for r in history],
+        "layers": {key: [[finite_or_none(getattr(layer, key)) for layer in r.layers]
+                         for r in history]
+                   for key in EPOCH_LAYER_KEYS},
+    }  # fmt: skip
 
 
 def plot_table(histories: dict[int, list[EpochRecord]]) -> str:

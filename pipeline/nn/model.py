@@ -10,30 +10,65 @@ from torch.nn import functional as F
 IMAGE_PIXELS = 28 * 28
 CLASSES = 10
 VARIANTS = {"bn": True, "nobn": False}  # the experiment's two variants: BatchNorm on/off
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
+INPUTS = ("scaled", "binary")  # x/255 as ToTensor gives it, or each pixel 0 or 1
+BINARY_THRESHOLD = 0.5  # binary inputs: a pixel is 1 above half intensity (x/255 > 0.5)
+
+
+def prepared(x: torch.Tensor, inputs: str) -> torch.Tensor:
+    """The images as the network reads them: x/255 as given, or binarised
+    (the BatchNorm paper's MNIST network reads binary 28x28 images)."""
+    return (x > BINARY_THRESHOLD).to(x.dtype) if inputs == "binary" else x
+
+
+def init_gaussian(linears: list[nn.Module], std: float | None) -> None:
+    """With `std`, every Linear's weights drawn from N(0, std^2) and its bias
+    zero (the paper's "small random Gaussian values"); None keeps PyTorch's
+    default (uniform, scaled by fan-in)."""
+    if std is None:
+        return
+    with torch.no_grad():
+        for linear in linears:
+            linear.weight.normal_(0.0, std)
+            linear.bias.zero_()
 
 
 class DeepMLP(nn.Module):
-    """`depth` hidden blocks Linear(width) -> [BatchNorm1d(width)] -> ReLU, then
-    Linear(width -> 10). With depth 10, width 64 this is the seed's network."""
+    """`depth` hidden blocks Linear(width) -> [BatchNorm1d(width)] -> activation
+    (ReLU, tanh or sigmoid), then Linear(width -> 10). With depth 10, width 64
+    and ReLU this is the seed's network; with depth 3, width 100, sigmoid,
+    Gaussian weights (init_std) and binary inputs, the BatchNorm paper's."""
 
-    def __init__(self, depth: int, width: int, batchnorm: bool) -> None:
+    def __init__(
+        self,
+        depth: int,
+        width: int,
+        batchnorm: bool,
+        activation: str = "relu",
+        init_std: float | None = None,
+        inputs: str = "scaled",
+    ) -> None:
         super().__init__()
-        self.config = {"depth": depth, "width": width, "batchnorm": batchnorm}
+        self.config = {"depth": depth, "width": width, "batchnorm": batchnorm,
+                       "activation": activation, "init_std": init_std, "inputs": inputs}  # fmt: skip
+        self.inputs = inputs
         blocks = []
         for index in range(depth):
-            # BatchNorm sits between the linear map and the ReLU: it re-centres
-            # the pre-activations so that fewer of them fall on ReLU's flat side.
+            # BatchNorm sits between the linear map and the activation: it
+            # re-centres and rescales the activation's inputs, so that fewer
+            # fall on its flat side (ReLU) or in its saturated tails (tanh, sigmoid).
             layers: list[nn.Module] = [nn.Linear(IMAGE_PIXELS if index == 0 else width, width)]
             if batchnorm:
                 layers.append(nn.BatchNorm1d(width))
-            layers.append(nn.ReLU())
+            layers.append(ACTIVATIONS[activation]())
             blocks.append(nn.Sequential(*layers))
         self.hidden = nn.ModuleList(blocks)
         self.output = nn.Linear(width, CLASSES)
+        init_gaussian([block[0] for block in self.hidden] + [self.output], init_std)
 
     def forward_with_activations(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Logits (B, 10) and each hidden block's post-ReLU output, (B, width) each."""
-        h = x.flatten(1)  # (B, 784)
+        """Logits (B, 10) and each hidden block's output (after its activation), (B, width) each."""
+        h = prepared(x.flatten(1), self.inputs)  # (B, 784)
         activations = []
         for block in self.hidden:
             h = block(h)
@@ -108,34 +143,57 @@ class StackedBatchNorm(nn.Module):
 class StackedMLP(nn.Module):
     """DeepMLP for K seeds at once (see above). Build it with `stack`."""
 
-    def __init__(self, depth: int, width: int, batchnorm: bool, seeds: int) -> None:
+    def __init__(
+        self,
+        depth: int,
+        width: int,
+        batchnorm: bool,
+        seeds: int,
+        activation: str = "relu",
+        init_std: float | None = None,
+        inputs: str = "scaled",
+    ) -> None:
         super().__init__()
-        self.config = {"depth": depth, "width": width, "batchnorm": batchnorm}
-        self.seeds = seeds
+        self.config = {"depth": depth, "width": width, "batchnorm": batchnorm,
+                       "activation": activation, "init_std": init_std, "inputs": inputs}  # fmt: skip
+        self.seeds, self.inputs = seeds, inputs
         blocks = []
         for index in range(depth):
-            inputs = IMAGE_PIXELS if index == 0 else width
-            layers: list[nn.Module] = [StackedLinear(seeds, inputs, width)]
+            fan_in = IMAGE_PIXELS if index == 0 else width
+            layers: list[nn.Module] = [StackedLinear(seeds, fan_in, width)]
             if batchnorm:
                 layers.append(StackedBatchNorm(seeds, width))
-            layers.append(nn.ReLU())
+            layers.append(ACTIVATIONS[activation]())
             blocks.append(nn.Sequential(*layers))
         self.hidden = nn.ModuleList(blocks)
         self.output = StackedLinear(seeds, width, CLASSES)
 
-    def forward_with_activations(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Logits (K, B, 10) and each hidden block's post-ReLU output, (K, width, B).
-        x is (K, B, 784), a batch per seed, or (N, 784), the same images for all."""
-        h = x.transpose(1, 2) if x.dim() == 3 else x  # (K, 784, B), or (N, 784)
-        activations = []
+    def forward_with_activation_inputs(
+        self, x: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """Logits (K, B, 10), and per hidden block its activation function's
+        input (the BatchNorm output, or the Linear's without) and output, each
+        (K, width, B). x is (K, B, 784), a batch per seed, or (N, 784), the
+        same images for all."""
+        h = prepared(x.transpose(1, 2) if x.dim() == 3 else x, self.inputs)  # (K, 784, B), or (N, 784)
+        inputs, outputs = [], []
         for block in self.hidden:
-            h = block(h)
-            activations.append(h)
+            *before, activation = block
+            for layer in before:
+                h = layer(h)
+            inputs.append(h)
+            h = activation(h)
+            outputs.append(h)
         # (K, B, width) @ (K, width, 10): the logits come out per image, as DeepMLP's
         logits = torch.baddbmm(
             self.output.bias.unsqueeze(1), h.transpose(1, 2), self.output.weight.transpose(1, 2)
         )
-        return logits, activations
+        return logits, inputs, outputs
+
+    def forward_with_activations(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits (K, B, 10) and each hidden block's output (after its activation), (K, width, B)."""
+        logits, _, outputs = self.forward_with_activation_inputs(x)
+        return logits, outputs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_with_activations(x)[0]

@@ -23,6 +23,7 @@ from torch import nn
 from pipeline.data.mnist import DeviceData
 from pipeline.nn.backprop import loss_and_gradients, stacked_loss
 from pipeline.nn.cuda_graph import CudaGraphStep, Step
+from pipeline.nn.diagnostics import DIAGNOSTICS, layer_diagnostics
 from pipeline.nn.flat import flatten_parameters, joined
 from pipeline.nn.history import Divergence, EpochRecord, LayerStats
 from pipeline.nn.model import DeepMLP, StackedMLP, stack
@@ -32,14 +33,22 @@ from pipeline.nn.model import DeepMLP, StackedMLP, stack
 PROGRESS_EVERY = 50
 
 
-def initial_model(depth: int, width: int, batchnorm: bool, seeds: Sequence[int]) -> StackedMLP:
+def initial_model(
+    depth: int,
+    width: int,
+    batchnorm: bool,
+    seeds: Sequence[int],
+    activation: str = "relu",
+    init_std: float | None = None,
+    inputs: str = "scaled",
+) -> StackedMLP:
     """The StackedMLP whose network k starts as `DeepMLP(depth, width,
-    batchnorm)` made after `torch.manual_seed(seeds[k])`: the same initial
+    batchnorm, ...)` made after `torch.manual_seed(seeds[k])`: the same initial
     weights for both variants, and for a seed whatever else is in the list."""
     models = []
     for seed in seeds:
         torch.manual_seed(seed)
-        models.append(DeepMLP(depth, width, batchnorm))
+        models.append(DeepMLP(depth, width, batchnorm, activation, init_std, inputs))
     return stack(models)
 
 
@@ -59,11 +68,14 @@ def training_step(
     use_autograd: bool = False,
 ) -> Step:
     """The step on one batch per seed, given by its indices into (x, y), (K, B):
-    forward, each seed's cross-entropy, backward, Adam update. Returns each
-    seed's batch loss (K,) and, per hidden layer and seed, the L2 norm of its
-    weight gradient (depth, K) (None without track_gradients), as tensors on
-    the device; the norms' tensor is the step's own, overwritten by the next
-    step. The CUDA graph path captures this same function.
+    forward, each seed's cross-entropy, backward, optimizer update. Returns
+    each seed's batch loss (K,) and the gradient norms (2, depth, K) (None
+    without track_gradients), as tensors on the device: per hidden layer and
+    seed, [0] the L2 norm of its weight gradient, [1] that of the loss
+    gradient with respect to its activation function's input, summed over
+    the batch (gradient_at_activation_inputs). The norms' tensor is the step's
+    own, overwritten by the next step. The CUDA graph path captures this
+    same function.
 
     The backward pass is pipeline.nn.backprop's, written out by hand; with
     use_autograd it is `loss.backward()`, the reference it equals (the
@@ -82,14 +94,15 @@ def training_step(
     else:
         backward = loss_and_gradients(model)
 
-    norms = torch.empty(len(weights), seeds, dtype=x.dtype, device=x.device)
+    norms = torch.empty(2, len(weights), seeds, dtype=x.dtype, device=x.device)
     runs = []
     if track_gradients:
         # one call for the first layer's norms, one for all later layers' (of one
         # shape, side by side in the flat gradient): (layers, K, weights per seed)
-        runs.append((norms[:1], weights[0].grad.view(1, seeds, -1)))
+        runs.append((norms[0, :1], weights[0].grad.view(1, seeds, -1)))
         if len(weights) > 1:
-            runs.append((norms[1:], joined([w.grad for w in weights[1:]]).flatten(2)))
+            runs.append((norms[0, 1:], joined([w.grad for w in weights[1:]]).flatten(2)))
+        runs.append((norms[1], joined(gradient_at_activation_inputs(model))))
 
     def step(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         flat = index.reshape(-1)  # (K * B,): seed 0's batch, then seed 1's, ...
@@ -101,6 +114,17 @@ def training_step(
         return loss, norms if track_gradients else None
 
     return step
+
+
+def gradient_at_activation_inputs(model: StackedMLP) -> list[torch.Tensor]:
+    """Per hidden layer, the .grad (K, width) that is the loss gradient with
+    respect to the activation function's input summed over the batch: the
+    BatchNorm bias's (beta's) with BatchNorm, else the Linear bias's (with
+    BatchNorm the Linear bias's gradient is zero: BatchNorm subtracts the
+    batch mean). Unlike a weight gradient, it does not grow with fan-in, so
+    layers compare: the first hidden layer's 784 inputs against the others' width."""
+    return [block[1].bias.grad if model.config["batchnorm"] else block[0].bias.grad
+            for block in model.hidden]  # fmt: skip
 
 
 def epoch_orders(
@@ -124,9 +148,10 @@ def train_epoch(
     `step` on each batch (or `full_batch_step`, a captured CUDA graph, on
     every batch of full size).
 
-    Returns per seed the mean batch loss, per hidden layer the mean L2 norm
-    of its weight gradient (zeros when the step does not track them, which
-    the benchmark uses to measure their cost), and the first batch (from 1)
+    Returns per seed the mean batch loss; the mean over the batches of the
+    gradient norms, [weight norms per hidden layer, activation-input norms
+    per hidden layer] (training_step; zeros when the step does not track
+    them, which the benchmark uses to measure their cost); and the first batch (from 1)
     whose loss was NaN or infinite with that loss, or None. A seed whose loss
     is not finite does not stop the others: each seed's arithmetic is its own
     (its matmuls, its BatchNorm statistics, its elements of Adam's update).
@@ -139,7 +164,7 @@ def train_epoch(
     seeds = len(generators)
     # kept on the device, in the data's float type (float64 in the tests of the maths)
     losses = torch.empty(len(starts), seeds, dtype=x.dtype, device=x.device)
-    grad_sums = torch.zeros(len(model.hidden), seeds, dtype=x.dtype, device=x.device)
+    grad_sums = torch.zeros(2, len(model.hidden), seeds, dtype=x.dtype, device=x.device)
     for number, start in enumerate(starts, start=1):
         index = orders[:, start : start + batch_size]
         full = full_batch_step is not None and index.shape[1] == batch_size
@@ -152,7 +177,7 @@ def train_epoch(
     # per seed over its own contiguous row: the same sum whatever the other seeds
     return (
         losses.t().contiguous().mean(1).tolist(),
-        (grad_sums / len(starts)).t().tolist(),
+        (grad_sums / len(starts)).permute(2, 0, 1).tolist(),  # (K, 2, depth)
         first_non_finite(losses),
     )
 
@@ -181,31 +206,36 @@ def evaluate(
     model: StackedMLP, x: torch.Tensor, y: torch.Tensor
 ) -> list[tuple[float, float, list[dict]]]:
     """Per seed: mean loss and accuracy on (x, y), and per hidden layer the
-    statistics of its post-ReLU activations: mean, std and the fraction of
-    dead units. Read back from the device once."""
+    statistics of its activations' outputs (mean, std, the fraction of dead
+    units: zero for every image) and inputs (percentiles over all units and
+    for one unit, the flat-region fraction: pipeline/nn/diagnostics.py).
+    Read back from the device once."""
     model.eval()
-    logits, activations = model.forward_with_activations(x)  # (K, N, 10); (K, width, N) each
+    logits, inputs, outputs = model.forward_with_activation_inputs(x)  # (K, N, 10); (K, width, N)
     loss = stacked_loss(logits, y.expand(model.seeds, -1))
     correct = (logits.argmax(2) == y).sum(1)
+    activation = model.config["activation"]
     per_layer = []
-    for a in activations:
+    for z, a in zip(inputs, outputs, strict=True):
         # Two passes over each seed's contiguous row: a quarter of the time
         # of torch.std_mean's one-pass (Welford) reduction over these sizes.
         rows = a.view(model.seeds, -1)
         mean = rows.mean(1)
         std = torch.linalg.vector_norm(rows - mean[:, None], dim=1) / math.sqrt(rows.shape[1])
         dead = (a.amax(2) == 0).sum(1)
-        per_layer.append(torch.stack([mean, std, dead.to(mean.dtype)]))
+        per_layer.append(torch.cat([torch.stack([mean, std, dead.to(mean.dtype)]),
+                                    layer_diagnostics(z, activation)]))  # fmt: skip
     numbers = torch.stack([loss, correct.to(loss.dtype)]).tolist()
-    layers = torch.stack(per_layer).tolist()  # (depth, 3, K)
-    width = activations[0].shape[1]
+    layers = torch.stack(per_layer).tolist()  # (depth, 3 + len(DIAGNOSTICS), K)
+    width = outputs[0].shape[1]
     return [
         (
             numbers[0][k],
             int(numbers[1][k]) / len(y),  # exact, as evaluate counts
             [
                 {"act_mean": m[k], "act_std": s[k], "dead_fraction": d[k] / width}
-                for m, s, d in layers
+                | {name: values[k] for name, values in zip(DIAGNOSTICS, rest, strict=True)}
+                for m, s, d, *rest in layers
             ],
         )
         for k in range(model.seeds)
@@ -219,14 +249,24 @@ def make_optimizer(
     eps: float,
     weight_decay: float,
     capturable: bool = False,
-) -> torch.optim.Adam:
-    """Adam over the model's parameters, flattened (pipeline/nn/flat.py) into
-    one tensor: one fused kernel call on one tensor replaces the bookkeeping
-    for every parameter tensor, about a fifth of a CPU step for this network."""
+    *,
+    kind: str = "adam",
+    momentum: float = 0.0,
+) -> torch.optim.Optimizer:
+    """Adam (kind "adam": lr, betas, eps) or SGD (kind "sgd": lr, momentum)
+    over the model's parameters, flattened (pipeline/nn/flat.py) into one
+    tensor: one fused kernel call on one tensor replaces the bookkeeping for
+    every parameter tensor, about a fifth of a CPU step for this network."""
+    params = [flatten_parameters(model)]
+    if kind == "sgd":  # fused SGD has no step counter: a CUDA graph captures it as it is
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                               fused=True)  # fmt: skip
+    if kind != "adam":
+        raise ValueError(f"optimizer {kind!r}: must be adam or sgd")
     # fused=True: the update in one kernel (CPU and CUDA); capturable=True keeps
     # its step counter on the device, as a CUDA graph needs.
     return torch.optim.Adam(
-        [flatten_parameters(model)],
+        params,
         lr=lr,
         betas=(betas[0], betas[1]),
         eps=eps,
@@ -288,7 +328,8 @@ def fit(
                 test_loss=test_loss,
                 test_accuracy=test_accuracy,
                 epoch_seconds=seconds,
-                layers=[LayerStats(**s, grad_norm=g) for s, g in zip(layers, norms, strict=True)],
+                layers=[LayerStats(**s, grad_norm=g, input_grad_norm=i)
+                        for s, g, i in zip(layers, *norms, strict=True)],  # fmt: skip
                 diverged=divergence,
             )
             for train_loss, norms, (test_loss, test_accuracy, layers), divergence in zip(
