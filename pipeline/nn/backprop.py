@@ -101,8 +101,10 @@ def blocks_of(model: StackedMLP) -> list[Block]:
         kinds = [type(layer) for layer in block]
         if len(kinds) == 2 and kinds[0] is StackedLinear and kinds[1] in FORWARD_INTO:
             blocks.append(Block(block[0], None, kinds[1]))
-        elif len(kinds) == 3 and kinds[:2] == [StackedLinear, StackedBatchNorm] and (
-            kinds[2] in FORWARD_INTO
+        elif (
+            len(kinds) == 3
+            and kinds[:2] == [StackedLinear, StackedBatchNorm]
+            and (kinds[2] in FORWARD_INTO)
         ):
             blocks.append(Block(block[0], block[1], kinds[2]))
         else:

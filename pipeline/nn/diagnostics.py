@@ -34,10 +34,7 @@ def flat_fraction(z: torch.Tensor, activation: str) -> torch.Tensor:
     """Per seed, the fraction of the inputs z (K, width, N) in the
     activation's flat region -> (K,)."""
     rows = z.reshape(z.shape[0], -1)
-    if activation == "relu":
-        flat = rows < 0
-    else:
-        flat = rows.abs() > flat_threshold(activation)
+    flat = rows < 0 if activation == "relu" else rows.abs() > flat_threshold(activation)
     return flat.sum(1).to(z.dtype) / rows.shape[1]
 
 

@@ -175,7 +175,9 @@ class StackedMLP(nn.Module):
         input (the BatchNorm output, or the Linear's without) and output, each
         (K, width, B). x is (K, B, 784), a batch per seed, or (N, 784), the
         same images for all."""
-        h = prepared(x.transpose(1, 2) if x.dim() == 3 else x, self.inputs)  # (K, 784, B), or (N, 784)
+        h = prepared(
+            x.transpose(1, 2) if x.dim() == 3 else x, self.inputs
+        )  # (K, 784, B), or (N, 784)
         inputs, outputs = [], []
         for block in self.hidden:
             *before, activation = block

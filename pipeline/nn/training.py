@@ -328,8 +328,10 @@ def fit(
                 test_loss=test_loss,
                 test_accuracy=test_accuracy,
                 epoch_seconds=seconds,
-                layers=[LayerStats(**s, grad_norm=g, input_grad_norm=i)
-                        for s, g, i in zip(layers, *norms, strict=True)],  # fmt: skip
+                layers=[
+                    LayerStats(**s, grad_norm=g, input_grad_norm=i)
+                    for s, g, i in zip(layers, *norms, strict=True)
+                ],
                 diverged=divergence,
             )
             for train_loss, norms, (test_loss, test_accuracy, layers), divergence in zip(
