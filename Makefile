@@ -3,6 +3,7 @@
 #   make study  the studies of params.yaml `studies`, one DVC experiment per point;
 #               STUDY=lr for one study; SHARE=i/n for this machine's share of the
 #               points, pushed to and pulled from the git remote REMOTE (origin)
+#   make paper  the BatchNorm paper's MNIST experiment (params.yaml `paper`), in reports/paper/
 #   make test   lint, then the whole test suite
 # Each creates .venv with the project installed on first use, and again only
 # when pyproject.toml changes.
@@ -14,7 +15,7 @@ STAMP := $(VENV)/.installed
 # Stages run `python -m pipeline.<stage>`: the venv's python comes first.
 WITH_VENV := PATH="$(abspath $(BIN)):$$PATH" VIRTUAL_ENV="$(abspath $(VENV))"
 
-.PHONY: run study test lint setup
+.PHONY: run study paper test lint setup
 run: $(STAMP)
 	$(WITH_VENV) dvc repro
 
@@ -31,6 +32,14 @@ study: $(STAMP)
 	$(WITH_VENV) dvc exp run --run-all --jobs 1
 	$(if $(SHARE),$(WITH_VENV) python -m pipeline.study push $(if $(STUDY),--study $(STUDY)) --remote $(REMOTE))
 	$(WITH_VENV) python -m pipeline.study summarize $(if $(STUDY),--study $(STUDY)) $(if $(SHARE),--pull $(REMOTE))
+
+# The BatchNorm paper's MNIST experiment (params.yaml `paper`): a study of its own,
+# its points through the same queue, its summary in reports/paper/. `make study`
+# leaves it out; a second `make paper` computes nothing.
+paper: $(STAMP)
+	$(WITH_VENV) python -m pipeline.study queue --paper
+	$(WITH_VENV) dvc exp run --run-all --jobs 1
+	$(WITH_VENV) python -m pipeline.study summarize --paper
 
 test: lint
 	$(WITH_VENV) python -m pytest

@@ -146,14 +146,15 @@ class Params(Section):
     visualize: VisualizeParams
     tracking: TrackingParams
     studies: dict[StudyName, StudyParams]
+    paper: StudyParams  # `make paper`: the BatchNorm paper's MNIST experiment, as a study
 
     @model_validator(mode="after")
     def studies_are_valid_params(self) -> Params:
-        """Every key a study varies or fixes exists, and every point's params pass."""
+        """Every key a study (or the paper's) varies or fixes exists, and every point's params pass."""
         problems = []
         keys = studied_keys(self)
-        for name, study in self.studies.items():
-            where = f"studies.{name}"
+        named = {f"studies.{name}": study for name, study in self.studies.items()}
+        for where, study in (named | {"paper": self.paper}).items():
             unknown = [key for key in [study.param, *study.fixed] if key not in keys]
             problems += [f"{where}: {key}: not a key a study can set; allowed: {', '.join(keys)}"
                          for key in unknown]  # fmt: skip

@@ -26,3 +26,4 @@ FIGURES_DIR = REPORTS_DIR / "figures"  # visualize
 REPORT_MD = REPORTS_DIR / "report.md"
 REPORT_HTML = REPORTS_DIR / "report.html"
 STUDY_DIR = REPORTS_DIR / "study"  # `make study`: depth.md, depth.html and their figures
+PAPER_DIR = REPORTS_DIR / "paper"  # `make paper`: paper.md, paper.html and their figures

@@ -47,7 +47,7 @@ from pipeline.errors import PipelineError
 from pipeline.files import atomic_write_text, save_figure
 from pipeline.nn.model import VARIANTS
 from pipeline.params import Params, StudyParams, load_params
-from pipeline.report import study_report
+from pipeline.report import paper_report, study_report
 from pipeline.report.document import render_html, render_markdown
 
 log = logging.getLogger("study")
@@ -84,7 +84,8 @@ def study_points(name: str, study: StudyParams) -> list[Point]:
 
 def comparable(params: dict[str, Any]) -> dict[str, Any]:
     """The params that make two experiments different points (not the studies')."""
-    return {key: value for key, value in params.items() if not key.startswith("studies.")}
+    return {key: value for key, value in params.items()
+            if not key.startswith(("studies.", "paper."))}  # fmt: skip
 
 
 def expected_params(point: Point, workspace: Experiment) -> dict[str, Any]:
@@ -384,7 +385,20 @@ def pull(remote: str) -> None:
         raise _failure(f"exp pull --all-commits {remote}", done)
 
 
-def summarize(studies: dict[str, StudyParams], params: Params) -> None:
+@dataclass(frozen=True)
+class Summary:
+    """Where a study's summary goes and what builds it (see study_report.build)."""
+
+    folder: Path
+    build: Callable[..., tuple[list, dict]]
+    command: str  # what computes its points
+
+
+STUDIES = Summary(paths.STUDY_DIR, study_report.build, "make study STUDY={}")
+PAPER = Summary(paths.PAPER_DIR, paper_report.build, "make paper")
+
+
+def summarize(studies: dict[str, StudyParams], params: Params, summary: Summary = STUDIES) -> None:
     """Write each study's summary and tag its points' MLflow runs; refuse
     (writing nothing for it) a study with no point that has results, after
     summarizing the others."""
@@ -400,14 +414,14 @@ def summarize(studies: dict[str, StudyParams], params: Params) -> None:
             refused.append(
                 f"no point of study {name} has results "
                 f"({'; '.join(f'{_shown(v)}: {why}' for v, why in results.items())}): "
-                f"run `make study STUDY={name}`"
+                f"run `{summary.command.format(name)}`"
             )
             continue
         names = {v: p.name for v, p in points.items()}
         commits = {v: code_commit(p) for v, p in points.items()}
         setting = comparable(workspace.params) | study.fixed
-        blocks, figures = study_report.build(name, study.param, results, names, setting, commits)
-        folder = paths.STUDY_DIR
+        blocks, figures = summary.build(name, study.param, results, names, setting, commits)
+        folder = summary.folder
         folder.mkdir(parents=True, exist_ok=True)
         for figure_name, figure in figures.items():
             save_figure(figure, folder / figure_name, params.visualize.dpi)
@@ -462,7 +476,9 @@ def share_argument(text: str) -> tuple[int, int]:
     return i, n
 
 
-def selected(params: Params, name: str | None) -> dict[str, StudyParams]:
+def selected(params: Params, name: str | None, paper: bool = False) -> dict[str, StudyParams]:
+    if paper:
+        return {"paper": params.paper}
     if name is None:
         return dict(params.studies)
     if name not in params.studies:
@@ -476,7 +492,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("action", nargs="?", choices=["summarize", "queue", "push"],
                         default="summarize",
                         help="queue the missing points, push them, or summarize (default)")  # fmt: skip
-    parser.add_argument("--study", help="one study of params.yaml `studies` (default: all)")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--study", help="one study of params.yaml `studies` (default: all)")
+    group.add_argument("--paper", action="store_true",
+                       help="params.yaml `paper` (the BatchNorm paper's experiment), not `studies`")  # fmt: skip
     parser.add_argument("--share", type=share_argument, metavar="I/N",
                         help="queue only this machine's share of the values")  # fmt: skip
     parser.add_argument("--remote", default="origin", help="git remote for push (default origin)")
@@ -484,7 +503,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="first pull every experiment from this git remote")  # fmt: skip
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    studies = selected(params, args.study)
+    studies = selected(params, args.study, args.paper)
     if args.pull:
         pull(args.pull)
     if args.action == "queue":
@@ -492,7 +511,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif args.action == "push":
         push(studies, args.remote)
     else:
-        summarize(studies, params)
+        summarize(studies, params, PAPER if args.paper else STUDIES)
 
 
 if __name__ == "__main__":

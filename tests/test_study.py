@@ -287,7 +287,8 @@ def test_what_differs_names_the_points_params_that_are_not_the_workspaces() -> N
 
 def test_a_study_is_chosen_by_name(params_dict: dict) -> None:
     params = parse_params(yaml.safe_dump(params_dict, sort_keys=False))
-    assert list(study.selected(params, None)) == ["depth", "batch_size", "lr"]
+    assert list(study.selected(params, None)) == ["depth", "batch_size", "lr", "activation"]
+    assert list(study.selected(params, None, paper=True)) == ["paper"]  # not among `studies`
     assert study.selected(params, "lr") == {"lr": params.studies["lr"]}
     with pytest.raises(PipelineError) as caught:
         study.selected(params, "width")
@@ -720,14 +721,15 @@ def problems(parse, **named: dict) -> tuple[str, ...]:
     return caught.value.lines
 
 
-STUDIED = ("model.depth, model.width, train.epochs, train.batch_size, train.lr, train.betas, "
-           "train.eps, train.weight_decay, train.seeds, train.device, train.cpu_threads, "
-           "train.cuda_graph")  # fmt: skip
+STUDIED = ("model.depth, model.width, model.activation, model.init_std, model.inputs, "
+           "train.epochs, train.batch_size, train.optimizer, train.lr, train.momentum, "
+           "train.betas, train.eps, train.weight_decay, train.seeds, train.device, "
+           "train.cpu_threads, train.cuda_graph")  # fmt: skip
 
 
 def test_the_committed_studies_are_read(params_dict: dict) -> None:
     named = parse_params(yaml.safe_dump(params_dict, sort_keys=False)).studies
-    assert list(named) == ["depth", "batch_size", "lr"]
+    assert list(named) == ["depth", "batch_size", "lr", "activation"]
     assert named["lr"] == StudyParams(param="train.lr", values=[1e-05, 0.0001, 0.001, 0.01, 0.1,
                                       1.0], fixed={})  # fmt: skip
 
