@@ -293,7 +293,7 @@ def test_a_study_is_chosen_by_name(params_dict: dict) -> None:
     with pytest.raises(PipelineError) as caught:
         study.selected(params, "width")
     assert caught.value.lines == (
-        "no study 'width' in params.yaml; studies: depth, batch_size, lr",
+        "no study 'width' in params.yaml; studies: depth, batch_size, lr, activation",
     )
 
 
