@@ -250,7 +250,8 @@ def read_results(point: Experiment, read: Callable[[str, str], str]) -> dict | s
             missing.append(str(path))
     if missing:
         return f"partial: no {', '.join(missing)} at {point.rev[:7]} ({point.name})"
-    if "layers" not in results["bn"] or "bn_minus_nobn" not in results["statistics"]:
+    layers = results["bn"].get("layers", {})
+    if "flat_fraction" not in layers or "bn_minus_nobn" not in results["statistics"]:
         return f"partial: {point.name} was made by an older pipeline (no layer diagnostics)"
     return results
 

@@ -318,8 +318,8 @@ def results(bn: list, nobn: list, dead: tuple[float, ...] = (0.1, 0.3),
 
     def layers(variant: str, dead: list, grads: list) -> dict:
         learnt = statistics[variant]["learnt"] > 0
-        return {"layers": {"dead_fraction": list(dead) if learnt else [None] * len(dead),
-                           "grad_norm": list(grads) if learnt else [None] * len(grads)}}  # fmt: skip
+        return {"layers": {"flat_fraction": list(dead) if learnt else [None] * len(dead),
+                           "input_grad_norm": list(grads) if learnt else [None] * len(grads)}}  # fmt: skip
 
     return {"statistics": statistics, "bn": layers("bn", [0.0] * len(dead), [1.0] * len(grads)),
             "nobn": layers("nobn", dead, grads)}  # fmt: skip
@@ -348,7 +348,7 @@ def test_a_row_holds_accuracies_over_learners_failures_and_diagnostics() -> None
     nobn = r.outcomes["nobn"]
     assert (nobn["learnt"], nobn["diverged"], nobn["not_learning"]) == (3, 1, 1)
     assert nobn["failed_fraction_ci95"] == pytest.approx([0.0527450, 0.8533672])  # exact binomial
-    assert r.dead == {"bn": 0.0, "nobn": pytest.approx(0.2)}
+    assert r.flat == {"bn": 0.0, "nobn": pytest.approx(0.2)}
     assert r.grad_ratio == {"bn": 1.0, "nobn": 0.25}
     assert study_report.failed_cell(nobn, 5) == (
         "2 of 5 (1 diverged, 1 not learning; 95% CI 5 to 85%)"
@@ -475,7 +475,7 @@ def test_a_point_where_no_pair_learnt_has_no_gain() -> None:
     r = study_report.row(30, "d30", results(LEARNT_BN, ["diverged", 0.1, 0.1, 0.1, 0.1]))
     assert (r.pairs, r.gain, r.gain_ci, r.p_value) == (0, None, None, None)
     assert r.accuracy["nobn"] == (None, None)
-    assert r.dead["nobn"] is None and r.grad_ratio["nobn"] is None
+    assert r.flat["nobn"] is None and r.grad_ratio["nobn"] is None
     assert study_report.gain_sentences([r], "depth") == [
         "At no point did any seed learn in both variants, so there is no gain to give."
     ]
@@ -503,7 +503,7 @@ def test_the_table_has_a_row_per_point_with_dashes_where_nothing_learnt() -> Non
     table = study_report.table(found, "depth")
     assert table.header == [
         "depth", "experiment", "with BatchNorm (%)", "without BatchNorm (%)", "gain (points)",
-        "p (paired t-test)", "failed with BN", "failed without BN", "dead units without BN (%)",
+        "p (paired t-test)", "failed with BN", "failed without BN", "flat-region inputs without BN (%)",
     ]  # fmt: skip
     assert table.rows == [
         ["2", "workspace", "97.00 (96.12 to 97.88)", "95.00 (94.12 to 95.88)",

@@ -3,8 +3,10 @@ point's statistics (see pipeline/study.py for how they are gathered).
 
 A point's results are its reports/statistics.json ("statistics") and the
 train summaries reports/train/<variant>.json ("bn", "nobn"), whose "layers"
-hold each hidden layer's final dead-unit fraction and gradient norm (over
-the seeds that learnt). Accuracies and gains are over the seeds that learnt
+hold each hidden layer's final flat-region fraction (the activation's inputs
+where its slope is under a tenth of its peak; ReLU: below zero) and the norm
+of the loss gradient at the activation's inputs, which does not depend on
+fan-in (over the seeds that learnt; pipeline/nn/diagnostics.py). Accuracies and gains are over the seeds that learnt
 (pipeline/evaluate.py); the seeds that failed to learn are counted beside
 them, with an exact binomial interval.
 """
@@ -48,8 +50,9 @@ class Row:
     gain_ci: list[float] | None
     p_value: float | None
     outcomes: dict[str, dict]  # variant -> stats.failures(...)
-    dead: dict[str, float | None]  # variant -> mean dead-unit fraction over the hidden layers
-    grad_ratio: dict[str, float | None]  # variant -> first / last hidden layer's gradient norm
+    flat: dict[str, float | None]  # variant -> mean flat-region fraction over the hidden layers
+    # variant -> first / last hidden layer's gradient norm at the activation's input
+    grad_ratio: dict[str, float | None]
 
     def failed(self, variant: str) -> int:
         return self.outcomes[variant]["failed"]
@@ -68,8 +71,8 @@ def row(value: Any, name: str, results: dict) -> Row:
         gain_ci=diff["test_accuracy_ci95"],
         p_value=diff["test_accuracy_p_value"],
         outcomes={v: stats[v]["outcomes"] for v in VARIANTS},
-        dead={v: _mean(layers[v]["dead_fraction"]) for v in VARIANTS},
-        grad_ratio={v: _ratio(layers[v]["grad_norm"]) for v in VARIANTS},
+        flat={v: _mean(layers[v]["flat_fraction"]) for v in VARIANTS},
+        grad_ratio={v: _ratio(layers[v]["input_grad_norm"]) for v in VARIANTS},
     )
 
 
@@ -234,9 +237,10 @@ def why(rows: list[Row], key: str) -> str:
     learnt, in words."""
     sentences = []
     for measure, unit, scale, what in (
-        ("dead", "%", 100, "Dead hidden units (zero for every test image, final epoch, mean "
+        ("flat", "%", 100, "Activation inputs in the flat region (final epoch, mean "
                            "over the seeds that learnt)"),
-        ("grad_ratio", "", 1, "The first hidden layer's gradient norm over the last one's"),
+        ("grad_ratio", "", 1, "The gradient at the first hidden layer's activation inputs over "
+                              "the last one's"),
     ):  # fmt: skip
         spans = []
         for variant in ("nobn", "bn"):
@@ -265,7 +269,7 @@ def _accuracy_cell(mean: float | None, interval: list[float] | None, sign: str =
 def table(rows: list[Row], key: str) -> Table:
     header = [key, "experiment", "with BatchNorm (%)", "without BatchNorm (%)",
               "gain (points)", "p (paired t-test)", "failed with BN", "failed without BN",
-              "dead units without BN (%)"]  # fmt: skip
+              "flat-region inputs without BN (%)"]  # fmt: skip
     body = []
     for r in rows:
         cells = [show(r.value), r.name]
@@ -273,7 +277,7 @@ def table(rows: list[Row], key: str) -> Table:
         cells.append(_accuracy_cell(r.gain, r.gain_ci, "+"))
         cells.append("-" if r.p_value is None else f"{r.p_value:.2g}")
         cells += [failed_cell(r.outcomes[variant], r.seeds) for variant in VARIANTS]
-        cells.append("-" if r.dead["nobn"] is None else f"{100 * r.dead['nobn']:.1f}")
+        cells.append("-" if r.flat["nobn"] is None else f"{100 * r.flat['nobn']:.1f}")
         body.append(cells)
     return Table(header, body)
 
@@ -344,26 +348,26 @@ def accuracy_figure(rows: list[Row], key: str) -> Figure:
 
 
 def diagnostics_figure(rows: list[Row], key: str) -> Figure:
-    """The why: dead hidden units and the first-to-last gradient norm ratio,
+    """The why: flat-region inputs and the first-to-last ratio of the gradient at the activations' inputs,
     per point, both variants (final epoch, mean over the seeds that learnt)."""
     fig = Figure(figsize=(10, 4))
     fig.subplots_adjust(left=0.08, right=0.98, top=0.86, bottom=0.14, wspace=0.28)
-    dead, ratio = fig.subplots(1, 2)
+    flat, ratio = fig.subplots(1, 2)
     xs, logarithmic = _axis(rows)
     for variant in VARIANTS:
         style = {"color": COLORS[variant], "label": LABELS[variant], "marker": "o"}
-        dead.plot(xs, [_nan(r.dead[variant], 100) for r in rows], **style)
+        flat.plot(xs, [_nan(r.flat[variant], 100) for r in rows], **style)
         ratio.plot(xs, [_nan(r.grad_ratio[variant]) for r in rows], **style)
-    dead.set_ylabel("dead hidden units (%)")
-    dead.set_title("Units that are zero for every test image")
+    flat.set_ylabel("inputs in the flat region (%)")
+    flat.set_title("Activation inputs where the slope is < 1/10 of its peak")
     ratio.axhline(1, color="0.4", lw=1, ls="--")
     ratio.set_yscale("log")
-    ratio.set_ylabel("first / last layer gradient norm")
-    ratio.set_title("Gradient norm, first hidden layer over last")
-    for ax in (dead, ratio):
+    ratio.set_ylabel("first / last layer")
+    ratio.set_title("Gradient at the activation inputs, first layer over last")
+    for ax in (flat, ratio):
         _set_x(ax, rows, xs, logarithmic, key)
         ax.legend(fontsize=8)
-    fig.suptitle(f"Why: dead units and gradient flow against {key} "
+    fig.suptitle(f"Why: flat-region inputs and gradient flow against {key} "
                  "(final epoch, mean over the seeds that learnt)")  # fmt: skip
     return fig
 
@@ -403,7 +407,7 @@ def build(
             Image(accuracy_name, f"Test accuracy, BatchNorm's gain and failures against {key}"),
             Heading("Why"),
             Paragraph(why(rows, key)),
-            Image(diagnostics_name, f"Dead units and gradient norm ratio against {key}"),
+            Image(diagnostics_name, f"Flat-region inputs and gradient ratio against {key}"),
         ]
     held = [f"{k} = {show(setting[k])}" for k in sorted(setting)
             if k.split(".")[0] in ("model", "train") and k != param]  # fmt: skip
