@@ -2,8 +2,9 @@
 
 Reads the checkpoints and training histories of both variants, the
 evaluation (reports/statistics.json, reports/evaluation.json) and the test
-images; writes six PNG figures, reports/report.md and the self-contained
-reports/report.html, and attaches figures and report to each variant's
+images; writes six PNG figures (eight when the histories have the
+diagnostics of the activations' inputs), reports/report.md and the
+self-contained reports/report.html, and attaches figures and report to each variant's
 parent run in MLflow.
 """
 
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 
 from pipeline import paths, tracking
 from pipeline.cli import run_stage, stage_parser
@@ -26,7 +28,7 @@ from pipeline.files import atomic_write_text, read_json, save_figure
 from pipeline.nn.checkpoint import checkpoints_of, load_checkpoint
 from pipeline.nn.model import VARIANTS, DeepMLP
 from pipeline.params import VisualizeParams, load_params
-from pipeline.report import comparison, document, figures, original_post
+from pipeline.report import comparison, document, figures, original_post, why
 
 log = logging.getLogger("visualize")
 RETRAIN = "run `dvc repro train_bn train_nobn`"
@@ -37,6 +39,20 @@ def layer_activations(model: DeepMLP, x: torch.Tensor) -> list[np.ndarray]:
     """Each hidden layer's post-ReLU output for the images x: (N, width) arrays."""
     model.eval()
     return [a.numpy() for a in model.forward_with_activations(x)[1]]
+
+
+def input_figures(history: figures.History, model: dict) -> dict[str, Figure]:
+    """The figures of the activations' inputs (the BatchNorm paper's Figure
+    1(b, c), the gradient at each layer's activation input); none where the
+    histories come from code that did not log them."""
+    if not why.has_diagnostics(history):
+        return {}
+    # checkpoints from before the activation was a parameter trained ReLU networks
+    activation = model.get("activation", "relu")
+    return {
+        "input_percentiles": figures.input_percentiles(history, activation),
+        "input_gradients": figures.input_gradients(history),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -84,6 +100,7 @@ def draw_all(params: VisualizeParams, tracker: tracking.Tracker) -> None:
         ),
         "training_curves": figures.training_curves(history),
         "layer_diagnostics": figures.layer_diagnostics(history),
+        **input_figures(history, loaded["bn"][1]["params"]["model"]),
         "confusion_matrices": figures.confusion_matrices(confusions),
         "seed_accuracies": figures.seed_accuracies(
             {v: original_post.per_seed(statistics, v) for v in compared},

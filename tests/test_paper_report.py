@@ -27,8 +27,10 @@ def summary(accuracy: list[float], median_drift: float, offsets: list[float]) ->
         per_epoch[seed] = {
             "epoch": list(range(1, epochs + 1)),
             "test_accuracy": [a + offset / 100 for a in accuracy],
-            "layers": {f"unit_p{q}": [[0.0, m + side * h] for m, h in zip(mid, half, strict=True)]
-                       for q, side in ((15, -1.0), (50, 0.0), (85, 1.0))},  # fmt: skip
+            "layers": {
+                f"unit_p{q}": [[0.0, m + side * h] for m, h in zip(mid, half, strict=True)]
+                for q, side in ((15, -1.0), (50, 0.0), (85, 1.0))
+            },
         }
     return {
         "per_seed": {s: {"outcome": "learnt"} for s in SEEDS},

@@ -123,6 +123,19 @@ def test_every_bound_rejects_the_value_beyond_and_accepts_the_edge(
         ("train.lr", "fast", 'train.lr = "fast": must be a valid number'),
         ("tracking.experiment", "", 'tracking.experiment = "": must have at least 1 character'),
         ("model", 5, "params.yaml: model = 5: must be a mapping of keys"),
+        (
+            "model.activation",
+            "gelu",
+            "model.activation = \"gelu\": must be 'relu', 'tanh' or 'sigmoid'",
+        ),
+        ("model.init_std", 0, "model.init_std = 0: must be greater than 0"),
+        ("model.init_std", -1, "model.init_std = -1: must be greater than 0"),
+        ("model.init_std", 10.5, "model.init_std = 10.5: must be less than or equal to 10"),
+        ("model.init_std", "small", 'model.init_std = "small": must be a valid number'),
+        ("model.inputs", "grey", "model.inputs = \"grey\": must be 'scaled' or 'binary'"),
+        ("train.optimizer", "rmsprop", "train.optimizer = \"rmsprop\": must be 'adam' or 'sgd'"),
+        ("train.momentum", 1.0, "train.momentum = 1.0: must be less than 1"),
+        ("train.momentum", -0.1, "train.momentum = -0.1: must be greater than or equal to 0"),
     ],
 )
 def test_bad_value_is_named_with_what_is_allowed(
@@ -132,6 +145,46 @@ def test_bad_value_is_named_with_what_is_allowed(
     assert len(lines) == 1
     assert expected in lines[0]
     assert lines[0].startswith("params.yaml: ")
+
+
+MOMENTUM_WITH_ADAM = (
+    "params.yaml: train.momentum = 0.9: must be 0 with train.optimizer adam (Adam's momentum "
+    "is train.betas); set train.optimizer sgd for SGD with momentum"
+)
+
+
+def test_momentum_with_adam_is_refused_in_one_line(params_dict: dict) -> None:
+    bad = with_value(with_value(params_dict, "train.optimizer", "adam"), "train.momentum", 0.9)
+    assert problems(dump(bad)) == [MOMENTUM_WITH_ADAM]
+
+
+@pytest.mark.parametrize(("momentum", "expected"), [
+    (1.0, "params.yaml: train.momentum = 1.0: must be less than 1"),
+    (-0.1, "params.yaml: train.momentum = -0.1: must be greater than or equal to 0"),
+])  # fmt: skip
+def test_sgd_momentum_is_below_1_and_not_negative(
+    params_dict: dict, momentum: float, expected: str
+) -> None:
+    sgd = with_value(params_dict, "train.optimizer", "sgd")
+    assert problems(dump(with_value(sgd, "train.momentum", momentum))) == [expected]
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("train.optimizer", "sgd"), ("model.activation", "relu"), ("model.activation", "tanh"),
+    ("model.activation", "sigmoid"), ("model.inputs", "scaled"), ("model.inputs", "binary"),
+    ("model.init_std", None), ("model.init_std", 0.1), ("model.init_std", 10),
+])  # fmt: skip
+def test_each_allowed_setting_is_read_as_written(params_dict: dict, key: str, value: Any) -> None:
+    # with SGD, momentum is allowed (and kept); with Adam it must be 0
+    sgd = with_value(with_value(params_dict, "train.optimizer", "sgd"), "train.momentum", 0.9)
+    params = parse_params(dump(with_value(sgd, key, value)))
+    assert flatten(params)[key] == value
+    assert (params.train.optimizer, params.train.momentum) == ("sgd", 0.9)
+
+
+def test_adam_with_zero_momentum_is_accepted(params_dict: dict) -> None:
+    adam = with_value(with_value(params_dict, "train.optimizer", "adam"), "train.momentum", 0)
+    assert parse_params(dump(adam)).train.momentum == 0
 
 
 def test_local_source_needs_a_folder(params_dict: dict) -> None:
@@ -246,6 +299,34 @@ def test_stage_exits_2_before_touching_outputs(
     assert "Traceback" not in done.stderr
     assert sentinel.read_bytes() == b"previous good output"
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["raw"]
+
+
+@pytest.mark.parametrize(("changes", "expected"), [
+    ({"train.optimizer": "adam", "train.momentum": 0.9}, MOMENTUM_WITH_ADAM),
+    ({"model.activation": "gelu"},
+     "params.yaml: model.activation = \"gelu\": must be 'relu', 'tanh' or 'sigmoid'"),
+], ids=["momentum-with-adam", "activation-gelu"])  # fmt: skip
+def test_training_with_a_bad_new_setting_exits_2_before_touching_outputs(
+    tmp_path: Path, params_dict: dict, changes: dict, expected: str
+) -> None:
+    for key, value in changes.items():
+        params_dict = with_value(params_dict, key, value)
+    (tmp_path / "params.yaml").write_text(dump(params_dict))
+    sentinel = tmp_path / "data" / "models" / "bn" / "seed0.pt"
+    sentinel.parent.mkdir(parents=True)
+    sentinel.write_bytes(b"previous good output")
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.train", "--variant", "bn"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [expected]
+    assert sentinel.read_bytes() == b"previous good output"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "params.yaml"]
 
 
 def test_missing_params_file_is_a_params_error(tmp_path: Path) -> None:

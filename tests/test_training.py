@@ -309,3 +309,44 @@ def test_progress_reports_the_running_loss() -> None:
     )  # fmt: skip
     assert [n for n, _ in seen] == [50, 75]  # every 50 batches, and the last one
     assert seen[-1][1] == pytest.approx(sum(losses) / 3)  # the mean over seeds
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_sgd_steps_are_the_momentum_formula_on_the_gradients(weight_decay: float) -> None:
+    # Two steps, as the first alone does not show momentum: PyTorch's SGD
+    # (dampening 0, not Nesterov) keeps b_1 = g_1 + wd p_0, then
+    # b_2 = m b_1 + g_2 + wd p_1, and steps p_t = p_{t-1} - lr b_t, with g_t
+    # the gradient the step leaves in .grad. In float64 each element is a few
+    # operations on values below 1: rounding ~1e-16 (seen 6e-17), held to
+    # 1e-13; dropping the momentum term is off by lr m b_1 ~ 5e-2.
+    lr, momentum = 0.1, 0.9
+    data = in_float64(synthetic_data(n_train=96))
+    model = initial_model(3, 8, True, [0, 1], "tanh").double()
+    optimizer = make_optimizer(model, lr, BETAS, EPS, weight_decay, kind="sgd",
+                               momentum=momentum)  # fmt: skip
+    assert isinstance(optimizer, torch.optim.SGD)
+    step = training_step(model, optimizer, data.train_x, data.train_y)
+    (flat,) = optimizer.param_groups[0]["params"]
+    p0 = flat.detach().clone()
+    step(torch.stack([torch.arange(16), torch.arange(16, 32)]))
+    g1, p1 = flat.grad.clone(), flat.detach().clone()
+    step(torch.stack([torch.arange(32, 48), torch.arange(48, 64)]))
+    g2, p2 = flat.grad.clone(), flat.detach().clone()
+    b1 = g1 + weight_decay * p0
+    b2 = momentum * b1 + g2 + weight_decay * p1
+    torch.testing.assert_close(p1, p0 - lr * b1, rtol=0, atol=1e-13)
+    torch.testing.assert_close(p2, p1 - lr * b2, rtol=0, atol=1e-13)
+    assert (momentum * lr * b1).abs().max() > 1e-3  # the momentum term matters here
+
+
+def test_an_unknown_optimizer_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"optimizer 'rmsprop': must be adam or sgd"):
+        make_optimizer(initial_model(2, 8, True, [0]), LR, BETAS, EPS, 0.0, kind="rmsprop")
+
+
+def test_adam_is_the_default_optimizer_with_its_settings() -> None:
+    optimizer = make_optimizer(initial_model(2, 8, True, [0]), LR, [0.8, 0.99], 1e-7, 0.01)
+    assert isinstance(optimizer, torch.optim.Adam)
+    group = optimizer.param_groups[0]
+    assert (group["lr"], group["betas"], group["eps"]) == (LR, (0.8, 0.99), 1e-7)
+    assert group["weight_decay"] == 0.01

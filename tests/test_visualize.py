@@ -12,7 +12,8 @@ import pytest
 
 from pipeline import paths
 from pipeline.errors import PipelineError
-from pipeline.report import comparison, figures, original_post
+from pipeline.report import comparison, figures, original_post, why
+from pipeline.report.document import Paragraph
 
 from .conftest import run_stages
 
@@ -23,6 +24,8 @@ FIGURES = [
     "layer_diagnostics",
     "confusion_matrices",
     "seed_accuracies",
+    "input_percentiles",
+    "input_gradients",
 ]
 
 
@@ -38,7 +41,7 @@ def fake_history(depth: int, epochs: int, seeds: int) -> figures.History:
         values = {"epoch": epoch, "train_loss": 1 / epoch, "test_loss": 1.2 / epoch,
                   "test_accuracy": 0.9 + 0.01 * epoch, "epoch_seconds": 2.0}  # fmt: skip
         for k in range(1, depth + 1):
-            for name in ("act_mean", "act_std", "dead_fraction", "grad_norm"):
+            for name in ("act_mean", "act_std", "dead_fraction", "grad_norm", *why.KEYS):
                 values[f"layer_{k:02d}/{name}"] = float(rng.uniform(0.01, 1))
         return values
 
@@ -131,6 +134,8 @@ def test_report_numbers_equal_statistics_json(reported: Path) -> None:
     for name in FIGURES:
         assert f"(figures/{name}.png)" in text
     assert "## Reproducing the original post" in text
+    assert "## Why does BatchNorm help? The post's explanation, tested" in text
+    assert "the gradient vanishes toward the input. The first hidden layer's gradient" in text
 
 
 def test_report_says_what_was_run(reported: Path) -> None:
@@ -292,10 +297,14 @@ def test_when_every_seed_learnt_the_report_says_nothing_new() -> None:
     table = comparison.accuracy_table(statistics, history)
     assert table.header[:3] == ["variant", "seeds", "final accuracy"]
     assert cells(table, "nobn")[1] == "3" and cells(table, "bn_minus_nobn")[1] == "3"
+    seeds = {v: original_post.learnt_seeds(statistics, v) for v in figures.LABELS}
+    section = why.blocks(history, seeds, "relu")
+    paragraphs = [b.text for b in section if isinstance(b, Paragraph)]
     text = " ".join([comparison.headline(statistics, epochs=2), comparison.accuracy_note(statistics),
-                     *comparison.why_lines(history, statistics)])  # fmt: skip
+                     *paragraphs])  # fmt: skip
     assert "learnt" not in text and "failed" not in text
-    assert "after the last epoch, mean over seeds: " in text
+    assert "tested on the last epoch, mean over seeds with its 95% t-interval" in text
+    assert [row[1] for row in section[1].rows] == ["3", "3"]
     _, verdict = original_post.reproduction(statistics)
     assert verdict[-1].startswith("Verdict: ")
 
@@ -351,13 +360,13 @@ def test_a_variant_with_no_learnt_seed_has_no_numbers_and_no_why() -> None:
                                         "-", "-", "-", "", "-", "-", "-", "2.00"]  # fmt: skip
     assert cells(table, "bn_minus_nobn")[1:8] == ["0 of 3", "", "-", "-", "-", "-", ""]
     assert "No seed of 3 learnt with both variants" in comparison.accuracy_note(statistics)
-    why = comparison.why_lines(history, statistics)
-    assert len(why) == 4 and "without" not in " ".join(why[:3])
-    assert why[0].startswith("Dead units (zero for every test image) after the last epoch, mean "
-                             "over the seeds that learnt: ")  # fmt: skip
-    assert "% of hidden units with BatchNorm (up to " in why[0]
-    assert why[-1].startswith("No seed learnt without BatchNorm, so its dead units, activation "
-                              "spread and gradient norms are left out")  # fmt: skip
+    seeds = {v: original_post.learnt_seeds(statistics, v) for v in figures.LABELS}
+    method, table, verdict = why.blocks(history, seeds, "relu")
+    assert "mean over each variant's seeds that learnt" in method.text
+    assert table.rows[1] == ["without BatchNorm", "0 of 3"] + ["-"] * 8
+    assert table.rows[0][1] == "3 of 3" and table.rows[0][2] != "-"
+    assert verdict.text.startswith("No seed learnt without BatchNorm, so the post's explanation, "
+                                   "a comparison of the two variants, is not tested")  # fmt: skip
     evaluation = {
         v: {str(s): {"class_accuracy": [0.9] * 10} for s in range(3)} for v in figures.LABELS
     }
@@ -398,11 +407,11 @@ def test_no_seed_learnt_at_all_says_so_and_crashes_nowhere() -> None:
     assert comparison.headline(statistics, epochs=2) == (
         "No seed learnt with either variant: there is no accuracy and no gain to give."
     )
-    assert comparison.why_lines(history, statistics) == [
-        "No seed learnt with either variant, so their dead units, activation spread and gradient "
-        "norms are left out: a network that failed to learn shows its failure, not how the "
-        "variant learns."
-    ]
+    seeds = {v: original_post.learnt_seeds(statistics, v) for v in figures.LABELS}
+    assert why.blocks(history, seeds, "relu") == [Paragraph(
+        "No seed learnt with either variant, so the post's explanation is not tested: a network "
+        "that failed to learn shows its failure, not how the variant learns."
+    )]  # fmt: skip
     table = comparison.accuracy_table(statistics, history)
     assert cells(table, "bn")[3] == "-" and cells(table, "bn_minus_nobn")[3] == "-"
     assert "0 learnt with BatchNorm, 0 without" in original_post.reproduction(statistics)[1][0]

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from statistics import fmean, median
 from typing import Any
 
+from pipeline.report import why
 from pipeline.report.document import Block, Heading, Image, Paragraph, Table
 from pipeline.report.figures import LABELS, History
 from pipeline.report.original_post import (
@@ -46,14 +47,6 @@ class Context:
     evaluation: dict  # reports/evaluation.json
     history: History
     figures: dict[str, str]  # figure name -> path relative to the report
-
-
-def final_layer_means(history: History, variant: str, metric: str, seeds: list[str]) -> list[float]:
-    """Per hidden layer, `metric` at the last epoch, averaged across `seeds`
-    (those that learnt: a failed network's numbers describe its failure)."""
-    rows = [history[variant][seed][-1] for seed in seeds]
-    depth = sum(1 for key in rows[0] if key.endswith(f"/{metric}"))
-    return [fmean(r[f"layer_{k:02d}/{metric}"] for r in rows) for k in range(1, depth + 1)]
 
 
 def headline(statistics: dict, epochs: int) -> str:
@@ -169,97 +162,36 @@ def _why_learnt_only(pairs: int) -> str:
 
 
 def findings(context: Context) -> list[str]:
-    """The headline, how many seeds failed to learn (when some did), and the
-    *why*, generated from the numbers."""
+    """The headline and how many seeds failed to learn (when some did),
+    generated from the numbers; the *why* has its own section (why_section)."""
     statistics = context.statistics
     failures = failures_paragraph(statistics)
     return [
         headline(statistics, context.params["train"]["epochs"]),
         *([failures] if failures else []),
-        *why_lines(context.history, statistics),
     ]
 
 
-def why_lines(history: History, statistics: dict) -> list[str]:
-    """The *why*: dead units, activation spread and gradient norms per
-    layer, over the seeds that learnt. A variant where none did is left out,
-    and one sentence says so."""
-    seeds = {v: learnt_seeds(statistics, v) for v in LABELS}
-    shown = [v for v in LABELS if seeds[v]]
-    lines = []
-    if shown:
-        means = {
-            metric: {v: final_layer_means(history, v, metric, seeds[v]) for v in shown}
-            for metric in ("dead_fraction", "act_std", "grad_norm")
-        }
-        over = "mean over the seeds that learnt" if any_failed(statistics) else "mean over seeds"
-        lines += [
-            _dead_units(means["dead_fraction"], over),
-            _spread(means["act_std"], means["dead_fraction"]),
-            _gradients(means["grad_norm"]),
-        ]
-    if len(shown) < len(LABELS):
-        which = (
-            f"{next(LABELS[v] for v in LABELS if v not in shown)}, so its"
-            if shown
-            else "with either variant, so their"
-        )
-        lines.append(
-            f"No seed learnt {which} dead units, activation spread and gradient norms are left "
-            "out: a network that failed to learn shows its failure, not how the variant learns."
-        )
-    return lines
-
-
-def _dead_units(dead: dict[str, list[float]], over: str) -> str:
-    """Each shown variant's mean dead fraction, and the worst layer of the first."""
-    order = [v for v in ("nobn", "bn") if v in dead]
-    first = dead[order[0]]
-    worst = max(range(len(first)), key=lambda k: first[k])
-    clauses = [
-        f"{100 * fmean(first):.1f}% of hidden units {LABELS[order[0]]} "
-        f"(up to {100 * first[worst]:.0f}% in layer {worst + 1})"
-    ] + [f"{100 * fmean(dead[v]):.1f}% {_it(v)}" for v in order[1:]]
-    return (
-        f"Dead units (zero for every test image) after the last epoch, {over}: "
-        f"{', '.join(clauses)}."
-    )
-
-
-def _spread(std: dict[str, list[float]], dead: dict[str, list[float]]) -> str:
-    """Each shown variant's activation std, first to last layer; with both,
-    why they differ when the numbers say so."""
-    order = [v for v in ("nobn", "bn") if v in std]
-    clauses = [
-        f"{std[v][0]:.2f} to {std[v][-1]:.2f} {LABELS[v] if v == order[0] else _it(v)} "
-        f"(largest {max(std[v]):.2f})"
-        for v in order
+def why_section(context: Context) -> list[Block]:
+    """The post's explanation of BatchNorm's gain, tested (pipeline/report/why.py),
+    then the figures from inside the network; the figures of the activations'
+    inputs only where the histories have them."""
+    # checkpoints from before the activation was a parameter trained ReLU networks
+    activation = context.params["model"].get("activation", "relu")
+    seeds = {v: learnt_seeds(context.statistics, v) for v in LABELS}
+    captions = {
+        "input_percentiles": "The fixed unit's activation input over training, every seed "
+        "(the BatchNorm paper's Figure 1(b, c))",
+        "input_gradients": "Gradient at each layer's activation input, last epoch",
+        "activations": "Each hidden layer's activations for one test image",
+        "activation_distributions": "Activation distributions per layer",
+        "layer_diagnostics": "Gradient norms and dead units per layer",
+    }
+    return [
+        Heading("Why does BatchNorm help? The post's explanation, tested"),
+        *why.blocks(context.history, seeds, activation),
+        *(Image(context.figures[n], c) for n, c in captions.items() if n in context.figures),
     ]
-    text = (
-        "Spread of the post-ReLU activations (std on the test set) from the first to the "
-        f"last hidden layer: {', '.join(clauses)}"
-    )
-    both = len(order) == 2
-    if both and max(std["nobn"]) > 2 * max(std["bn"]) and fmean(dead["nobn"]) > fmean(dead["bn"]):
-        text += (
-            ": without normalisation the layers' inputs drift in scale and skew, and "
-            "more of them fall on ReLU's flat side for good"
-        )
-    return text + "."
-
-
-def _gradients(grads: dict[str, list[float]]) -> str:
-    """Each shown variant's gradient norm in the first and last hidden layer."""
-    order = [v for v in ("bn", "nobn") if v in grads]
-    clauses = [
-        f"{grads[v][0]:.3f} / {grads[v][-1]:.3f} "
-        f"{LABELS[v] if v == order[0] else ('with' if v == 'bn' else 'without')}"
-        for v in order
-    ]
-    return (
-        "Mean weight-gradient norm in the last epoch, first / last hidden layer: "
-        f"{', '.join(clauses)}."
-    )
 
 
 def _best_epoch(history: History, variant: str, seeds: list[str]) -> tuple[float, float] | None:
@@ -447,10 +379,7 @@ def build(context: Context) -> list[Block]:
         *(Paragraph(line) for line in post_verdict),
         Heading("Training curves"),
         Image(figures["training_curves"], "Train loss, test loss and test accuracy per epoch"),
-        Heading("Why: inside the network"),
-        Image(figures["activations"], "Each hidden layer's activations for one test image"),
-        Image(figures["activation_distributions"], "Activation distributions per layer"),
-        Image(figures["layer_diagnostics"], "Gradient norms and dead units per layer"),
+        *why_section(context),
         Heading("Confusion matrices"),
         Image(figures["confusion_matrices"], "Confusion matrices"),
         Heading("What was run"),

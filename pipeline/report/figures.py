@@ -14,7 +14,7 @@ from collections.abc import Iterable
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import NullLocator
+from matplotlib.ticker import MaxNLocator, NullLocator
 
 COLORS = {"bn": "tab:blue", "nobn": "tab:orange"}
 LABELS = {"bn": "with BatchNorm", "nobn": "without BatchNorm"}
@@ -314,3 +314,74 @@ def _mean_and_interval(
     if interval is not None:
         errors = [[mean - 100 * interval[0]], [100 * interval[1] - mean]]
     ax.errorbar([x], [mean], yerr=errors, fmt="D", color="black", capsize=4, zorder=3)
+
+
+PERCENTILE_COLORS = {15: "tab:green", 50: "black", 85: "tab:purple"}
+ACTIVATION_NAMES = {"relu": "ReLU", "tanh": "tanh", "sigmoid": "sigmoid"}
+
+
+def input_percentiles(history: History, activation: str, layer: int | None = None) -> Figure:
+    """The BatchNorm paper's Figure 1(b, c): over the epochs, the 15th, 50th
+    and 85th percentiles of the activation's input of the fixed unit
+    (diagnostics.TYPICAL_UNIT) in one hidden layer (default: the last), over
+    the test images; one panel per variant, a shared y axis, one thin line
+    per seed and percentile. A diverged seed's line stops where it diverged.
+    Dashed: the edges of the activation's flat region (ReLU: 0)."""
+    from pipeline.nn.diagnostics import TYPICAL_UNIT, flat_threshold
+
+    variants = list(history)
+    depth = sum(1 for k in next(iter(history[variants[0]].values()))[0] if k.endswith("/unit_p50"))
+    layer = layer or depth
+    fig = Figure(figsize=(5.5 * len(variants), 4.2))
+    fig.subplots_adjust(left=0.08, right=0.98, top=0.84, bottom=0.13, wspace=0.06)
+    axes = fig.subplots(1, len(variants), squeeze=False, sharey=True)[0]
+    edge = flat_threshold(activation)
+    for ax, variant in zip(axes, variants, strict=True):
+        runs = history[variant]
+        for q, color in PERCENTILE_COLORS.items():
+            epochs, values = _series(runs, f"layer_{layer:02d}/unit_p{q}")
+            for number, seed in enumerate(values):
+                ax.plot(epochs, seed, color=color, lw=0.9, alpha=0.75,
+                        label=f"{q}th percentile" if number == 0 else None)  # fmt: skip
+        for y in sorted({-edge, edge}):
+            ax.axhline(y, color="0.5", lw=0.8, ls="--")
+        diverged = sum(bool(rows[-1].get("diverged")) for rows in runs.values())
+        ax.set_title(f"{LABELS[variant]} ({len(runs)} seed{'s' * (len(runs) > 1)}"
+                     + (f", {diverged} diverged)" if diverged else ")"))  # fmt: skip
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"input of {ACTIVATION_NAMES[activation]}")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(
+        f"{ACTIVATION_NAMES[activation]} input of unit {TYPICAL_UNIT}, hidden layer {layer}: "
+        "15th, 50th, 85th percentiles over the test images, every seed"
+    )
+    return fig
+
+
+def input_gradients(history: History) -> Figure:
+    """Per hidden layer (first to last), the gradient norm at the activation's
+    input after the last epoch, one thin line per seed, coloured by variant,
+    on a log scale: a gradient vanishing toward the input falls to the left.
+    Diverged seeds are left out (their numbers are null)."""
+    fig = Figure(figsize=(6, 4))
+    fig.subplots_adjust(left=0.13, right=0.97, top=0.88, bottom=0.13)
+    ax = fig.subplots()
+    for variant, runs in history.items():
+        finals = [rows[-1] for rows in runs.values() if not rows[-1].get("diverged")]
+        depth = sum(1 for k in next(iter(runs.values()))[-1] if k.endswith("/input_grad_norm"))
+        layers = np.arange(1, depth + 1)
+        for number, row in enumerate(finals):
+            values = [row[f"layer_{k:02d}/input_grad_norm"] for k in layers]
+            ax.plot(layers, [math.nan if v is None else v for v in values], color=COLORS[variant],
+                    lw=0.9, marker=".", label=f"{LABELS[variant]}, one line per seed"
+                    if number == 0 else None)  # fmt: skip
+    ax.set_yscale("log")
+    ax.set_xlabel("hidden layer (input side first)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("gradient norm at the activation's input")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.suptitle("Gradient at each layer's activation input, last epoch")
+    return fig
