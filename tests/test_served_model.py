@@ -109,7 +109,8 @@ def test_logged_models_are_named_tagged_and_typed(workspace: Path, client, store
         assert model.tags["variant"] == variant and model.tags["seed"] == seed
         assert model.tags["mlflow.source.name"] == "pipeline.train"  # not the helper
         assert model.tags["mlflow.note.content"].endswith(
-            f"seed {seed}, 2 epochs. Predicts digits from float32 images (N, 784) in [0, 1]."
+            f"seed {seed}: 3 x 16 relu, Adam lr 0.01, 2 epochs of batch 32. Predicts digits from "
+            "float32 images (N, 784) in [0, 1]."
         )
         assert model.source_run_id == seed_runs[name]
         assert model.params["model.depth"] == "3"  # the run's params

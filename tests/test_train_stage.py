@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from pipeline import paths
 from pipeline.data import mnist
@@ -15,6 +16,8 @@ from pipeline.data.mnist import verified_digests
 from pipeline.errors import PipelineError
 from pipeline.nn.checkpoint import load_checkpoint
 from pipeline.nn.device import CoresForTheHelper, select_device
+from pipeline.params import parse_params, with_overrides
+from pipeline.train import setting
 
 from .conftest import run_stages
 
@@ -55,7 +58,9 @@ def test_outputs_per_variant(workspace: Path, variant: str) -> None:
 @pytest.mark.parametrize("variant", ["bn", "nobn"])
 def test_checkpoint_describes_itself(workspace: Path, variant: str) -> None:
     _, checkpoint = load_checkpoint(workspace / paths.MODELS_DIR / variant / "seed1.pt")
-    assert checkpoint["model_config"] == {"depth": 3, "width": 16, "batchnorm": variant == "bn"}
+    assert checkpoint["model_config"] == {"depth": 3, "width": 16, "batchnorm": variant == "bn",
+                                          "activation": "relu", "init_std": None,
+                                          "inputs": "scaled"}  # fmt: skip
     assert (checkpoint["variant"], checkpoint["seed"], checkpoint["epoch"]) == (variant, 1, EPOCHS)
     assert checkpoint["params"]["train"]["lr"] == 0.01
     assert checkpoint["data_sha256"] == mnist.file_digests(workspace / paths.MNIST_RAW_DIR)
@@ -84,12 +89,16 @@ def test_one_parent_run_per_variant_with_a_nested_run_per_seed(workspace: Path, 
             assert run.data.tags["seed"] == seed
             assert run.data.tags["mlflow.parentRunId"] == runs[variant].info.run_id
             kind = "BatchNorm" if variant == "bn" else "No-BatchNorm"
-            assert run.data.tags["mlflow.note.content"] == f"{kind} variant, seed {seed}, 2 epochs"
+            assert run.data.tags["mlflow.note.content"] == (
+                f"{kind} variant, seed {seed}: 3 x 16 relu, Adam lr 0.01, 2 epochs of batch 32"
+            )
+            assert run.data.params["model.activation"] == "relu"
         else:
             assert "mlflow.parentRunId" not in run.data.tags
             assert run.data.tags["seeds"] == "0, 1"
             assert run.data.tags["mlflow.note.content"].endswith(
-                "variant, 2 seeds (0, 1) trained together, 2 epochs; one nested run per seed"
+                "variant, 2 seeds (0, 1) trained together: 3 x 16 relu, Adam lr 0.01, 2 epochs of "
+                "batch 32; one nested run per seed"
             )
     record = runs_file(workspace, "bn")
     assert record["parent_run_id"] == runs["bn"].info.run_id
@@ -235,3 +244,13 @@ def test_training_leaves_the_helper_a_core_until_it_is_idle() -> None:
         assert torch.get_num_threads() == 2  # restored when training ends first
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_runs_description_names_the_papers_setting(params_dict: dict) -> None:
+    paper = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())["paper"]
+    params = with_overrides(parse_params(yaml.safe_dump(params_dict)),
+                            paper["fixed"] | {"train.lr": 1.0, "train.momentum": 0.9})  # fmt: skip
+    assert setting(params) == (
+        "3 x 100 sigmoid, weights N(0, 0.1^2), binary inputs, SGD lr 1 momentum 0.9, "
+        "50 epochs of batch 60"
+    )
