@@ -101,3 +101,11 @@ def test_a_point_without_results_is_named(missing: str) -> None:
     blocks, _ = paper_report.build("paper", "train.lr", {1.0: good, 3.0: missing},
                                    {1.0: "x"}, SETTING)  # fmt: skip
     assert f"lr = 3.0: {missing}" in render_markdown(blocks)
+
+
+def test_behind_early_then_ahead_says_from_when() -> None:
+    crossing = results([0.90, 0.95, 0.97], [0.92, 0.93, 0.94], 0.1, 2.0)
+    blocks, _ = paper_report.build("paper", "train.lr", {1.0: crossing}, {1.0: "x"}, SETTING)
+    text = render_markdown(blocks)
+    assert verdicts(blocks)[0] == "contradicted"  # not higher throughout
+    assert "it is not above at step 1,000, and above at every one from step 2,000 on." in text
