@@ -5,8 +5,9 @@
 #               points, pushed to and pulled from the git remote REMOTE (origin)
 #   make paper  the BatchNorm paper's MNIST experiment (params.yaml `paper`), in reports/paper/
 #   make test   lint, then the whole test suite
-# Each creates .venv with the project installed on first use, and again only
-# when pyproject.toml changes.
+#   make lock   refresh requirements.lock from pyproject.toml (UPGRADE=1: newest versions)
+# Each creates .venv from requirements.lock (exact versions, hash-checked), with
+# the project installed, on first use, and anew when the lock or pyproject.toml changes.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -15,7 +16,7 @@ STAMP := $(VENV)/.installed
 # Stages run `python -m pipeline.<stage>`: the venv's python comes first.
 WITH_VENV := PATH="$(abspath $(BIN)):$$PATH" VIRTUAL_ENV="$(abspath $(VENV))"
 
-.PHONY: run study paper test lint setup
+.PHONY: run study paper test lint setup lock
 run: $(STAMP)
 	$(WITH_VENV) dvc repro
 
@@ -50,9 +51,31 @@ lint: $(STAMP)
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The environment is exactly the lock: every package pinned and hash-checked
+# (pip refuses a file whose hash differs), then the project itself without
+# dependencies. A changed lock rebuilds the venv from scratch.
+LOCK := requirements.lock
+$(STAMP): $(LOCK) pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
 		|| { echo "make: $(PYTHON) is older than 3.11; run with PYTHON=python3.11 (or newer)"; exit 1; }
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --disable-pip-version-check --quiet -e '.[dev,server]'
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check --quiet --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/python -m pip install --disable-pip-version-check --quiet --no-deps -e .
 	touch $@
+
+# requirements.lock from pyproject.toml's ranges (and its extras), for every
+# platform the packages have files for (--universal), with each file's hash.
+# uv keeps the lock's versions where the ranges still allow them, so a second
+# run changes nothing; UPGRADE=1 takes the newest the index serves. uv itself
+# lives in its own venv, pinned.
+UV_VENV := .venv-uv
+UV_VERSION := 0.13.9
+lock: $(UV_VENV)/bin/uv
+	$(UV_VENV)/bin/uv pip compile pyproject.toml --extra dev --extra server --universal \
+		--generate-hashes --python-version 3.11 --custom-compile-command 'make lock' \
+		--quiet --output-file $(LOCK) $(if $(UPGRADE),--upgrade)
+
+$(UV_VENV)/bin/uv:
+	$(PYTHON) -m venv $(UV_VENV)
+	$(UV_VENV)/bin/python -m pip install --disable-pip-version-check --quiet uv==$(UV_VERSION)
