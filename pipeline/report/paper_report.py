@@ -32,7 +32,7 @@ from pipeline.nn.training import batch_starts
 from pipeline.report.document import Block, Heading, Image, Paragraph, Table
 from pipeline.report.figures import COLORS, LABELS
 from pipeline.report.stats import LEARNT, failed_cell, paired, show_interval
-from pipeline.report.study_report import code_sentence, show
+from pipeline.report.study_report import code_sentence, held_fixed, listing, show
 
 TRAIN_IMAGES = 60_000  # MNIST's training set: steps per epoch = its batches
 ACCURACY_FIGURE, PERCENTILE_FIGURE = "{}_accuracy.png", "{}_percentiles.png"
@@ -216,7 +216,7 @@ def choices(setting: dict[str, Any], rates: list[Any]) -> str:
     return (
         f"The paper names neither optimiser nor learning rate. This run uses {optimiser}, "
         "as in the paper's time, at learning rates "
-        f"{_listing(rates)}, and weights drawn from N(0, {show(setting['model.init_std'])}^2) "
+        f"{listing([show(r) for r in rates])}, and weights drawn from N(0, {show(setting['model.init_std'])}^2) "
         'with zero biases for the paper\'s "small random Gaussian values"; a binary input '
         "is a pixel above half intensity. Each variant is compared at its own best rate, "
         "so the baseline is tuned as much as BatchNorm is."
@@ -330,7 +330,7 @@ def build(
         blocks += [
             Paragraph(
                 f"{SOURCE}, with {bn.seeds} seeds per variant and learning rate. Each variant "
-                f"is judged at its own best learning rate of {_listing(list(points))} "
+                f"is judged at its own best learning rate of {listing([show(lr) for lr in points])} "
                 f"(BatchNorm {show(bn.lr)}, the baseline {show(nobn.lr)}): fewest failed seeds, "
                 "then the highest mean final test accuracy."
             ),
@@ -358,14 +358,7 @@ def build(
         ]
     if absent:
         blocks += [Heading("Points without results"), Paragraph("; ".join(absent) + ".")]
-    held = [f"{k} = {show(setting[k])}" for k in sorted(setting)
-            if k.split(".")[0] in ("model", "train") and k != param]  # fmt: skip
-    blocks += [Heading("Setting"), Paragraph(", ".join(held) + ".")]
+    blocks += [Heading("Setting"), Paragraph(", ".join(held_fixed(setting, param)) + ".")]
     if commits:
         blocks += [Heading("Code"), Paragraph(code_sentence(commits, "lr"))]
     return blocks, figures
-
-
-def _listing(values: list[Any]) -> str:
-    shown = [show(v) for v in values]
-    return shown[0] if len(shown) == 1 else f"{', '.join(shown[:-1])} and {shown[-1]}"

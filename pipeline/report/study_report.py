@@ -113,7 +113,7 @@ def failed_cell(outcomes: dict, seeds: int) -> str:
     return f"{outcomes['failed']} of {seeds} ({', '.join(how)}; 95% CI {low:.0f} to {high:.0f}%)"
 
 
-def _listing(values: list[str]) -> str:
+def listing(values: list[str]) -> str:
     return values[0] if len(values) == 1 else f"{', '.join(values[:-1])} and {values[-1]}"
 
 
@@ -123,7 +123,7 @@ def _span(rows: list[Row], chosen: list[Row], key: str) -> str:
     values = [show(r.value) for r in chosen]
     if len(chosen) > 1 and at == list(range(at[0], at[-1] + 1)):
         return f"{key} from {values[0]} to {values[-1]}"
-    return f"{key} {_listing(values)}"
+    return f"{key} {listing(values)}"
 
 
 def gain_sentences(rows: list[Row], key: str) -> list[str]:
@@ -409,13 +409,18 @@ def build(
             Paragraph(why(rows, key)),
             Image(diagnostics_name, f"Flat-region inputs and gradient ratio against {key}"),
         ]
-    held = [f"{k} = {show(setting[k])}" for k in sorted(setting)
-            if k.split(".")[0] in ("model", "train") and k != param]  # fmt: skip
+    held = held_fixed(setting, param)
     if held:
         blocks += [Heading("Held fixed"), Paragraph(", ".join(held) + ".")]
     if commits:
         blocks += [Heading("Code"), Paragraph(code_sentence(commits, key))]
     return blocks, figures
+
+
+def held_fixed(setting: dict[str, Any], param: str) -> list[str]:
+    """ "model.depth = 3", ...: the model and train params every point shares."""
+    return [f"{k} = {show(setting[k])}" for k in sorted(setting)
+            if k.split(".")[0] in ("model", "train") and k != param]  # fmt: skip
 
 
 def code_sentence(commits: dict[Any, str], key: str) -> str:
@@ -427,4 +432,4 @@ def code_sentence(commits: dict[Any, str], key: str) -> str:
         short = commit[:7] if all(c in "0123456789abcdef" for c in commit) else commit
         by_commit.setdefault(short, []).append(show(value))
     listed = [f"{commit} ({key} = {', '.join(values)})" for commit, values in by_commit.items()]
-    return f"Computed with the pipeline at commit {_listing(listed)}."
+    return f"Computed with the pipeline at commit {listing(listed)}."
