@@ -30,18 +30,8 @@ from pipeline.files import atomic_write_json, atomic_write_text
 from pipeline.nn.checkpoint import checkpoints_of, load_checkpoint
 from pipeline.nn.model import CLASSES, VARIANTS, DeepMLP
 from pipeline.params import Params, load_params
-from pipeline.report.stats import (
-    DIVERGED,
-    LEARNT,
-    NOT_LEARNING,
-    estimate,
-    failed_cell,
-    failures,
-    finite_or_none,
-    outcome,
-    paired,
-    show_interval,
-)
+from pipeline.stats import DIVERGED, LEARNT, NOT_LEARNING, estimate, failures, finite_or_none, outcome, paired
+from pipeline.format import failed_cell, show_interval
 
 log = logging.getLogger("evaluate")
 

@@ -32,11 +32,11 @@ from pipeline.files import (
 )
 from pipeline.nn.checkpoint import (
     checkpoint_path,
+    load_checkpoint,
     make_checkpoint,
     save_checkpoint,
 )
 from pipeline.nn.device import (
-    CoresForTheHelper,
     configure_threads,
     describe_device,
     select_device,
@@ -53,7 +53,7 @@ from pipeline.nn.history import (
 from pipeline.nn.model import VARIANTS, DeepMLP
 from pipeline.nn.training import batch_starts, fit, initial_model, make_optimizer
 from pipeline.params import Params, flatten, load_params
-from pipeline.report.stats import DIVERGED, NEAR_CHANCE, NOT_LEARNING, mean_std
+from pipeline.stats import DIVERGED, NEAR_CHANCE, NOT_LEARNING, mean_std
 
 log = logging.getLogger("train")
 
@@ -78,6 +78,8 @@ class Progress:
 
 
 NAMES = {"bn": "BatchNorm", "nobn": "No-BatchNorm"}  # in run descriptions
+# The tags that tell this stage's runs (both train stages: with the variant's)
+STAGE_TAGS = ("variant", "mlflow.source.name")
 
 
 def setting(params: Params) -> str:
@@ -96,8 +98,8 @@ def seed_tags(
     variant: str, seed: int | None, device: str, execution: str, params: Params
 ) -> dict[str, str]:
     """A seed's run tags, or (seed None) those of the variant's parent run,
-    with what the MLflow UI shows as the run's source (this stage, not the
-    tracker's helper that opens the run) and description."""
+    with what the MLflow UI shows as the run's source (this stage's module,
+    where MLflow would name the file) and description."""
     tags = tracking.run_tags(variant, seed, device, execution, os.environ, Path.cwd())
     tags |= {"mlflow.source.name": "pipeline.train", "mlflow.source.type": "LOCAL"}
     if seed is not None:
@@ -170,17 +172,15 @@ def train_seeds(
     params: Params,
     data: DeviceData,
     info: dict,
-    runs: list[tracking.RemoteRun],
-    parent: tracking.RemoteRun,
+    runs: list[tracking.Run],
+    parent: tracking.Run,
     scratch: Path,
-    helper_ready: tracking.Reply,
 ) -> tuple[list[DeepMLP], list[list[EpochRecord]]]:
     """Train every seed of train.seeds at once, as one stacked model; log
-    each epoch's metrics and checkpoint (carrying `info`, its seed and run
-    id) to the seed's run, and the across-seed summary to `parent`. The
-    checkpoints are written to `scratch`, which must outlive the runs (the
-    tracker logs them later). Until `helper_ready` arrives, train on one
-    thread (CoresForTheHelper). Returns each seed's final model and history."""
+    each epoch's metrics to the seed's run and the across-seed summary to
+    `parent` (asynchronously), and write each epoch's checkpoint (carrying
+    `info`, its seed and run id) to scratch/seed<k>/. Returns each seed's
+    final model and history."""
     t, seeds = params.train, params.train.seeds
     device = data.train_x.device
     m = params.model
@@ -212,28 +212,20 @@ def train_seeds(
                                          metrics=record.metrics(), mlflow_run_id=run.run_id,
                                          **info, seed=seed)  # fmt: skip
             save_checkpoint(path, checkpoint)
-            run.log_file(path, "checkpoints")
         parent.log_epoch(records[0].epoch, summary)
 
     batches = len(batch_starts(len(data.train_x), t.batch_size))
-    progress = Progress(label, batches, t.epochs)
-    with CoresForTheHelper(helper_ready, device) as cores:
-
-        def on_progress(epoch: int, done: int, loss: float) -> None:
-            cores.check()
-            progress(epoch, done, loss)
-
-        histories = fit(
-            model,
-            data,
-            epochs=t.epochs,
-            batch_size=t.batch_size,
-            optimizer=optimizer,
-            generators=[torch.Generator().manual_seed(seed) for seed in seeds],
-            on_epoch=on_epoch,
-            on_progress=on_progress,
-            cuda_graph=graph,
-        )
+    histories = fit(
+        model,
+        data,
+        epochs=t.epochs,
+        batch_size=t.batch_size,
+        optimizer=optimizer,
+        generators=[torch.Generator().manual_seed(seed) for seed in seeds],
+        on_epoch=on_epoch,
+        on_progress=Progress(label, batches, t.epochs),
+        cuda_graph=graph,
+    )
     for seed, history in zip(seeds, histories, strict=True):
         report_failure(f"{variant}-seed{seed}", history, batches, t.lr)
     return [model.unstack(k) for k in range(len(seeds))], histories
@@ -247,10 +239,10 @@ def train_variant(
     out_dir: Path,
     tracker: tracking.Tracker,
 ) -> dict[int, list[EpochRecord]]:
-    """Train every seed, logged (through `tracker`) as one MLflow run per
-    seed nested in one parent run for the variant; build out_dir in a
-    staging folder and swap it in at the end, so a failure leaves no
-    partial set of models."""
+    """Train every seed, logged as one MLflow run per seed nested in one
+    parent run for the variant (after ending the runs a killed earlier
+    attempt left RUNNING); build out_dir in a staging folder and swap it in
+    at the end, so a failure leaves no partial set of models."""
     execution = tracking.pipeline_run_id(os.environ)
     device = describe_device(data.train_x.device)
     seeds = params.train.seeds
@@ -271,46 +263,43 @@ def train_variant(
             "data": {"verify": params.data.verify},
         },
     }
-    experiment = params.tracking.experiment
+    parent_tags = seed_tags(variant, None, device, execution, params)
+    tracker.end_abandoned({key: parent_tags[key] for key in STAGE_TAGS})
     staging = staging_dir(out_dir)
     try:
-        # The epoch checkpoints stay until the runs have ended: the
-        # tracker's helper logs them after we moved on.
         with (
             tempfile.TemporaryDirectory() as scratch,
-            tracker.run(experiment, variant, seed_tags(variant, None, device, execution, params),
-                        logged_params) as parent,
+            tracker.run(variant, parent_tags, logged_params) as parent,
             contextlib.ExitStack() as seed_runs,
-        ):  # fmt: skip
+        ):
             parent.log_dataset(paths.MNIST_RAW_DIR, digests)
             runs, model_tags = [], []
             for seed in seeds:
                 tags = seed_tags(variant, seed, device, execution, params)
-                run = tracker.run(experiment, f"{variant}-seed{seed}", tags, logged_params, parent)
+                run = tracker.run(f"{variant}-seed{seed}", tags, logged_params, parent)
                 runs.append(seed_runs.enter_context(run))
                 model_tags.append(served_model_tags(tags))
-            if params.tracking.log_model:
-                tracker.prepare_model_logging()
             for run in runs:
                 run.log_dataset(paths.MNIST_RAW_DIR, digests)
-                run.log_file(paths.DIGESTS_FILE, "data")
+                run.log_files([paths.DIGESTS_FILE], "data")
             models, histories = train_seeds(variant, params, data, info, runs, parent,
-                                            Path(scratch), tracker.caught_up())  # fmt: skip
-            logged = []
+                                            Path(scratch))  # fmt: skip
+            uris = []
             for seed, run, model, history, model_tag in zip(seeds, runs, models, histories,
                                                             model_tags, strict=True):  # fmt: skip
                 run.set_tags(outcome_tags(history))
+                run.log_files(sorted((Path(scratch) / f"seed{seed}").iterdir()), "checkpoints")
                 where = history[-1].diverged
                 final = make_checkpoint(model, epoch=history[-1].epoch,
                                         metrics=history[-1].metrics(),
                                         diverged=where.as_json() if where else None,
                                         mlflow_run_id=run.run_id, **info, seed=seed)  # fmt: skip
                 save_checkpoint(checkpoint_path(staging, seed), final)
-                if params.tracking.log_model:  # from the file: read before staging moves
-                    logged.append(run.log_model(checkpoint_path(staging, seed),
-                                                data.test_x[:5].cpu().numpy(),
-                                                f"{variant}-seed{seed}", model_tag))  # fmt: skip
-            uris = [answer.result() for answer in logged] or [None] * len(seeds)
+                if params.tracking.log_model:  # the network as the checkpoint holds it
+                    network = load_checkpoint(checkpoint_path(staging, seed))[0].eval()
+                    uris.append(run.log_model(network, data.test_x[:5].cpu().numpy(),
+                                              f"{variant}-seed{seed}", model_tag))  # fmt: skip
+            uris = uris or [None] * len(seeds)
             record = {
                 "tracking_uri": tracker.uri,
                 "experiment_id": parent.experiment_id,
@@ -339,10 +328,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     use_cuda_graph(params.train.cuda_graph, device)  # a bad setting fails here, not later
     configure_threads(params.train.cpu_threads)
     uri = tracking.tracking_uri(os.environ, Path.cwd())
-    # MLflow (and torch.export, for log_model) load in the tracker's helper
-    # process while this one reads the data and trains. A dead server, or one
-    # that refuses these credentials, fails here: before any data is read.
-    with tracking.Tracker(uri, params.tracking.experiment) as tracker:
+    # MLflow (and torch.export, for log_model) load in a thread while this one
+    # reads the data. A dead server, or one that refuses these credentials,
+    # fails here: before any data is read.
+    models = params.tracking.log_model
+    with tracking.Tracker(uri, params.tracking.experiment, models=models) as tracker:
         digests = verified_digests(paths.RAW_DIR, params.data.verify)
         data = to_device(load_mnist(paths.RAW_DIR), device)
         out_dir = paths.MODELS_DIR / args.variant

@@ -32,10 +32,6 @@ def imported_modules(module: str) -> list[str]:
         [sys.executable, "-c", code, module], cwd=REPO, capture_output=True, text=True, check=True
     )
     files = {Path(name).resolve().relative_to(REPO).as_posix() for name in json.loads(done.stdout)}
-    if "pipeline/tracking/__init__.py" in files:
-        # The Tracker starts its helper as `python -m pipeline.tracking`: the
-        # stage's code too, though no import of the stage loads it.
-        files.add("pipeline/tracking/__main__.py")
     return sorted(files)
 
 

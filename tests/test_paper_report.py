@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.report import paper_report
 from pipeline.report.document import Table, render_markdown
-from pipeline.report.stats import failures
+from pipeline.stats import failures
 
 SEEDS = ["0", "1", "2", "3", "4"]
 SETTING = {"train.batch_size": 60, "train.momentum": 0.0, "train.optimizer": "sgd",

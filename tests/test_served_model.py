@@ -107,7 +107,7 @@ def test_logged_models_are_named_tagged_and_typed(workspace: Path, client, store
     for name, model in models.items():
         variant, _, seed = name.partition("-seed")
         assert model.tags["variant"] == variant and model.tags["seed"] == seed
-        assert model.tags["mlflow.source.name"] == "pipeline.train"  # not the helper
+        assert model.tags["mlflow.source.name"] == "pipeline.train"  # the module, not its file
         assert model.tags["mlflow.note.content"].endswith(
             f"seed {seed}: 3 x 16 relu, Adam lr 0.01, 2 epochs of batch 32. Predicts digits from "
             "float32 images (N, 784) in [0, 1]."

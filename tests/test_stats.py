@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from pipeline.report import stats
+from pipeline import stats
 
 T_975 = {2: 4.302652729911275, 4: 2.7764451051977987}  # printed t tables, df -> 97.5% quantile
 

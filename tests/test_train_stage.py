@@ -15,7 +15,7 @@ from pipeline.data import mnist
 from pipeline.data.mnist import verified_digests
 from pipeline.errors import PipelineError
 from pipeline.nn.checkpoint import load_checkpoint
-from pipeline.nn.device import CoresForTheHelper, select_device
+from pipeline.nn.device import select_device
 from pipeline.params import parse_params, with_overrides
 from pipeline.train import setting
 
@@ -79,7 +79,7 @@ def test_one_parent_run_per_variant_with_a_nested_run_per_seed(workspace: Path, 
         assert run.data.tags["variant"] == variant
         assert run.data.tags["pipeline_run_id"] == "test-execution"
         assert run.data.tags["device"].startswith("cpu")
-        assert run.data.tags["mlflow.source.name"] == "pipeline.train"  # not the helper
+        assert run.data.tags["mlflow.source.name"] == "pipeline.train"  # the module, not its file
         assert run.data.params["train.lr"] == "0.01"
         assert run.data.params["model.depth"] == "3"
         assert "visualize.dpi" not in run.data.params  # only the sections training uses
@@ -219,31 +219,6 @@ def test_same_params_give_bit_identical_checkpoints(workspace: Path, tmp_path: P
             first.state_dict().items(), again.state_dict().values(), strict=True
         ):
             assert torch.equal(a, b), name
-
-
-def test_training_leaves_the_helper_a_core_until_it_is_idle() -> None:
-    class Reply:  # arrives at the third look
-        looks = 0
-
-        def arrived(self) -> bool:
-            self.looks += 1
-            return self.looks >= 3
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        with CoresForTheHelper(Reply(), torch.device("cpu")) as cores:
-            assert torch.get_num_threads() == 1
-            cores.check()
-            cores.check()
-            assert torch.get_num_threads() == 1
-            cores.check()
-            assert torch.get_num_threads() == 2
-        with CoresForTheHelper(Reply(), torch.device("cpu")):
-            assert torch.get_num_threads() == 1
-        assert torch.get_num_threads() == 2  # restored when training ends first
-    finally:
-        torch.set_num_threads(before)
 
 
 def test_a_runs_description_names_the_papers_setting(params_dict: dict) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.report import figures, why
 from pipeline.report.document import Paragraph, Table
-from pipeline.report.stats import estimate
+from pipeline.stats import estimate
 from pipeline.visualize import input_figures
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Protocol
-
 import torch
 
 from pipeline.errors import ParamsError
@@ -49,36 +47,3 @@ def configure_threads(cpu_threads: int) -> None:
     """train.cpu_threads: 0 keeps torch's default (one thread per core)."""
     if cpu_threads:
         torch.set_num_threads(cpu_threads)
-
-
-class Ready(Protocol):
-    """An answer that may not have arrived yet (the tracker's caught_up())."""
-
-    def arrived(self) -> bool: ...
-
-
-class CoresForTheHelper:
-    """Train on one thread while the MLflow helper is still busy (loading
-    MLflow, starting the runs, preparing log_model: seconds of CPU on the
-    other core), then on as many as train.cpu_threads set. Two threads that
-    share a core with the helper are slower than one: every parallel region
-    waits for whichever thread was preempted. Restores the threads on exit."""
-
-    def __init__(self, helper_ready: Ready, device: torch.device) -> None:
-        self.ready, self.threads = helper_ready, torch.get_num_threads()
-        self.waiting = device.type == "cpu" and self.threads > 1
-
-    def __enter__(self) -> CoresForTheHelper:
-        if self.waiting:
-            torch.set_num_threads(1)
-        return self
-
-    def check(self) -> None:
-        """Take the other core back once the helper is idle (called every
-        PROGRESS_EVERY batches; does not wait)."""
-        if self.waiting and self.ready.arrived():
-            torch.set_num_threads(self.threads)
-            self.waiting = False
-
-    def __exit__(self, *exc: object) -> None:
-        torch.set_num_threads(self.threads)

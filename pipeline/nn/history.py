@@ -9,7 +9,7 @@ import statistics
 from dataclasses import dataclass, field
 
 from pipeline.nn.diagnostics import DIAGNOSTICS
-from pipeline.report.stats import LEARNT, failures, finite_or_none, mean_std, outcome
+from pipeline.stats import LEARNT, failures, finite_or_none, mean_std, outcome
 
 
 @dataclass(frozen=True)

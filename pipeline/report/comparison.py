@@ -22,16 +22,8 @@ from pipeline.report.original_post import (
     post_accuracy,
     reproduction,
 )
-from pipeline.report.stats import (
-    CHANCE,
-    DIVERGED,
-    NEAR_CHANCE,
-    NOT_LEARNING,
-    failed_cell,
-    mean_std,
-    pct,
-    show_interval,
-)
+from pipeline.stats import CHANCE, DIVERGED, NEAR_CHANCE, NOT_LEARNING, mean_std
+from pipeline.format import failed_cell, pct, show_interval
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,8 @@ from pipeline.nn.model import VARIANTS
 from pipeline.nn.training import batch_starts
 from pipeline.report.document import Block, Heading, Image, Paragraph, Table
 from pipeline.report.figures import COLORS, LABELS
-from pipeline.report.stats import LEARNT, failed_cell, paired, show_interval
+from pipeline.stats import LEARNT, paired
+from pipeline.format import failed_cell, show_interval
 from pipeline.report.study_report import code_sentence, held_fixed, listing, show
 
 TRAIN_IMAGES = 60_000  # MNIST's training set: steps per epoch = its batches

@@ -24,7 +24,8 @@ from matplotlib.figure import Figure
 from pipeline.nn.model import VARIANTS
 from pipeline.report.document import Block, Heading, Image, Paragraph, Table
 from pipeline.report.figures import COLORS, LABELS
-from pipeline.report.stats import DIVERGED, NEAR_CHANCE, NOT_LEARNING, show_interval
+from pipeline.stats import DIVERGED, NEAR_CHANCE, NOT_LEARNING
+from pipeline.format import show_interval
 
 ACCURACY_FIGURE, DIAGNOSTICS_FIGURE = "{}_accuracy.png", "{}_diagnostics.png"
 WHY_SEPARATE = (

@@ -22,7 +22,7 @@ from statistics import fmean
 from pipeline.nn.diagnostics import TYPICAL_UNIT, flat_threshold
 from pipeline.report.document import Block, Paragraph, Table
 from pipeline.report.figures import LABELS, History
-from pipeline.report.stats import estimate
+from pipeline.stats import estimate
 
 # Pushed to one side: the median of the activation's inputs (all units, test
 # images) is more than half their half-spread ((p85 - p15) / 2, about one

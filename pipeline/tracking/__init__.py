@@ -1,7 +1,6 @@
-"""Every MLflow call of the pipeline: where runs go (store.py), and the
-Tracker (tracker.py) whose helper process (helper.py) makes a stage's calls
-on the second core while the stage computes on the first; the login check
-(access.py) and the logged model's loader (served_model.py)."""
+"""Every MLflow call of the pipeline, in the stage's own process: where runs
+go (store.py), a stage's runs and what it logs (tracker.py), the login
+check (access.py) and the logged model's loader (served_model.py)."""
 
 from pipeline.tracking.store import (
     check_reachable,
@@ -14,11 +13,10 @@ from pipeline.tracking.store import (
     run_tags,
     tracking_uri,
 )
-from pipeline.tracking.tracker import RemoteRun, Reply, Tracker
+from pipeline.tracking.tracker import Run, Tracker
 
 __all__ = [
-    "RemoteRun",
-    "Reply",
+    "Run",
     "Tracker",
     "check_reachable",
     "git_commit",

@@ -3,7 +3,7 @@
 MLflow's authentication (`mlflow server --app-name basic-auth`) answers
 /health to anyone, so reaching the server says nothing about credentials: a
 refusal would show only at the first API call, after the stage had read its
-data and perhaps trained for minutes. So the Tracker's helper asks first,
+data and perhaps trained for minutes. So the Tracker asks first,
 before the stage reads anything, with MLflow's own client (every way MLflow
 authenticates counts: the two variables, ~/.mlflow/credentials, a token):
 
@@ -74,8 +74,7 @@ def explained(err: MlflowException, uri: str, what: str) -> PipelineError | None
 def check_access(uri: str, experiment: str) -> str | None:
     """Raise PipelineError unless the server at `uri` lets these credentials
     start runs in `experiment`; return its id, or None when it is new (left
-    to prepare_experiment: its creator may write to it). Imports MLflow: the
-    helper's job."""
+    to prepare_experiment: its creator may write to it). Imports MLflow."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 

@@ -13,10 +13,10 @@ writes a model, `_load_pyfunc` loads one). The model it writes has two:
 
 Why not MLflow's own pyfunc for pytorch: it moves the model to CUDA when
 CUDA is available, and a pt2 program cannot move off the device it was
-exported on (always the CPU here: the helper exports from the checkpoint,
-which holds CPU weights), so it fails on every GPU machine. This loader
-never asks for a device: the program runs where it was exported, whatever
-the machine has. (Pickled models could move, but MLflow refuses to load
+exported on (always the CPU here: the train stage exports the network it
+loads from the checkpoint, which holds CPU weights), so it fails on every
+GPU machine. This loader never asks for a device: the program runs where
+it was exported, whatever the machine has. (Pickled models could move, but MLflow refuses to load
 them without MLFLOW_ALLOW_PICKLE_DESERIALIZATION.)
 
 No import from `pipeline` here: the copy inside the model must stand alone.

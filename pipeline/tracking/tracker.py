@@ -1,258 +1,353 @@
-"""The stage's side of tracking: a Tracker, whose helper process makes the
-stage's MLflow calls (helper.py) while the stage computes."""
+"""A stage's MLflow calls, made in the stage's own process.
+
+Importing MLflow and opening its store cost about 2 s of CPU: a Tracker
+starts both in a thread when it is made, so that they overlap the stage's
+reading of its data, and waits for them before its first call. The
+per-epoch metrics go through MLflow's asynchronous logging, so that a slow
+server never stalls an epoch; a run waits for them before it ends.
+
+A run ends FINISHED; KILLED when interrupted (Ctrl-C, SIGTERM); FAILED
+otherwise, with the reason in the tag `failure_reason`. A stage killed
+outright (SIGKILL) cannot end its runs: each run carries the tag `attempt`
+(host, pid and start time of its process), and a later run of the same
+stage ends as KILLED the runs that a dead process of this host left RUNNING
+(`end_abandoned`).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import itertools
+import hashlib
 import logging
-import pickle
-import signal
-import subprocess
-import sys
+import os
+import socket
+import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterator
-from multiprocessing.connection import Pipe
-from typing import Any, NoReturn
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import PipelineError
-from pipeline.tracking.helper import Helper
-from pipeline.tracking.store import check_reachable, is_server
+from pipeline.tracking import access, served_model
+from pipeline.tracking.store import check_reachable, is_server, prepare_experiment, sqlite_path
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from mlflow.tracking import MlflowClient
 
 log = logging.getLogger("tracking")
-
-STOP_SECONDS = 30  # for the helper to end the open runs and exit, after an error
-
-
-class Reply:
-    """The helper's answer to one request, read when first needed."""
-
-    def __init__(self, tracker: Tracker) -> None:
-        self.tracker, self.done, self.value, self.failure = tracker, False, None, None
-
-    def result(self) -> Any:
-        """The answer, once it came; PipelineError if this request or one before failed."""
-        while not self.done:
-            self.tracker._receive(wait=True)
-        if self.failure is not None:
-            raise PipelineError(self.failure)
-        return self.value
-
-    def arrived(self) -> bool:
-        """Whether the answer is in, without waiting for it."""
-        while not self.done and self.tracker._receive(wait=False):
-            pass
-        return self.done
+ATTEMPT = "attempt"  # the tag naming the process that opened a run (`attempt()`)
 
 
 class Tracker:
-    """The stage's MLflow calls, made in order by a helper process
-    (`python -m pipeline.tracking`).
+    """One stage's MLflow store and experiment. On a tracking server, the
+    constructor waits until the server let these credentials write to
+    `experiment` (access.py): a refused login fails the stage before it
+    reads any data, and leaves no run. A local store has no logins: there
+    MLflow loads while the stage reads its data. With `models`, what
+    logging a model needs (torch.export's tracer, MLflow's pytorch flavor)
+    loads in the same thread."""
 
-    Importing MLflow and opening its SQL store cost about 2 s of CPU, and
-    logging a model in the pt2 format another second for torch.export. On
-    two cores that need not delay the stage: the helper does it on the
-    second core while the stage loads data and trains on the first.
-
-    `tracker.name(...)` sends a call of Helper.name to the helper (as
-    `run.name(...)` does for a RemoteRun, with the run's handle first) and
-    gives its Reply. If a request fails, the helper skips the rest, and the
-    next call, Reply read or `close` raises its line as a PipelineError.
-    Leaving the `with` block on an error stops the helper after it ended any
-    open run; so does the stage's death, which closes the helper's input.
-
-    On a tracking server, the constructor waits until the helper has checked
-    that the server lets these credentials write to `experiment`
-    (access.py): a refused login fails the stage before it reads any data,
-    and leaves no run. That wait (MLflow's import, ~2 s) is only paid with a
-    server; a local store has no logins.
-    """
-
-    def __init__(self, uri: str, experiment: str) -> None:
-        check_reachable(uri)  # a dead server fails the stage now, not the helper later
-        self.uri = uri
-        # Popen, not multiprocessing: a spawned child would import the stage's
-        # main module (torch) again; multiprocessing frames the messages.
-        stdin, self.requests = Pipe(duplex=False)
-        self.replies, stdout = Pipe(duplex=False)
-        command = [sys.executable, "-m", "pipeline.tracking"]
-        # A process group of its own: Ctrl-C in a terminal, or a signal to the
-        # stage's group, reaches only the stage, which ends the runs; the
-        # helper stops when its input closes (the stage's death included).
-        self.process = subprocess.Popen(
-            command, stdin=stdin.fileno(), stdout=stdout.fileno(), process_group=0
-        )
-        stdin.close()
-        stdout.close()
-        self.pending: deque[Reply] = deque()  # sent, not yet answered
-        self.failure: str | None = None  # the helper's, once it answered with one
-        self.opened_run = False  # whether the helper may have a run to end
-        self.handles = itertools.count()
-        self._send((uri, experiment))
+    def __init__(self, uri: str, experiment: str, models: bool = False) -> None:
+        check_reachable(uri)  # a dead server fails the stage now
+        self.uri, self.experiment = uri, experiment
+        self._experiment_id: str | None = None
+        self._failure: BaseException | None = None
+        self._loading = threading.Thread(target=self._load, args=(models,), daemon=True)
+        self._loading.start()
         if is_server(uri):
-            try:
-                self.check_access().result()
-            except BaseException:
-                self._stop()
-                raise
-
-    def __getattr__(self, name: str) -> Callable[..., Reply]:
-        return functools.partial(self.call, helper_method(name))
+            self.ready()
 
     def __enter__(self) -> Tracker:
         return self
 
-    def __exit__(self, kind: type | None, error: BaseException | None, *rest: object) -> None:
-        if kind is None:
-            self.close()
-            return
-        self._stop()
-        if self.failure is not None and str(error) != self.failure:
-            log.warning("%s", self.failure)  # the helper's failure, not yet told
+    def __exit__(self, *exc: object) -> None:
+        """Nothing to close: every run ends with its own `with` block."""
+
+    def _load(self, models: bool) -> None:
+        # MLflow's modules must not be imported by two threads at once (its
+        # protobuf descriptors fail to build): every method that imports
+        # them in the stage's thread waits for this one first (ready()).
+        try:
+            with self.call("check_access"):
+                import mlflow
+
+                mlflow.set_tracking_uri(self.uri)  # Model.log's own client
+                if is_server(self.uri):
+                    found = access.check_access(self.uri, self.experiment)
+                    self._experiment_id = found or prepare_experiment(self.uri, self.experiment)
+                elif (db := sqlite_path(self.uri)) is None or db.exists():
+                    self._experiment_id = prepare_experiment(self.uri, self.experiment)
+            if models:
+                prepare_model_logging()
+        except BaseException as err:  # raised in the stage's thread, by ready()
+            self._failure = err
+
+    def ready(self) -> None:
+        """Wait for MLflow's import (and the login check); raise its failure."""
+        self._loading.join()
+        if self._failure is not None:
+            raise self._failure
+
+    @functools.cached_property
+    def client(self) -> MlflowClient:
+        self.ready()
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(self.uri)
+
+    def experiment_id(self) -> str:
+        """The stage's experiment, created (and the store with it) if new."""
+        self.ready()
+        if self._experiment_id is None:
+            self._experiment_id = prepare_experiment(self.uri, self.experiment)
+        return self._experiment_id
+
+    @contextlib.contextmanager
+    def call(self, op: str, what: str | None = None) -> Iterator[None]:
+        """MLflow's failures in `op` as one line: a refusal (401, or the auth
+        app's 403) as access.py words it, naming `what` (by default the
+        stage's experiment); others as "MLflow (op): ..."."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            yield
+        except MlflowException as err:
+            what = what or f"experiment {self.experiment!r}"
+            raise access.explained(err, self.uri, what) or PipelineError(
+                f"MLflow ({op}): {err.message}"
+            ) from None
+        except OSError as err:
+            raise PipelineError(f"MLflow ({op}): {err}") from None
 
     @contextlib.contextmanager
     def run(
-        self,
-        experiment: str,
-        name: str,
-        tags: dict[str, str],
-        params: dict[str, Any],
-        parent: RemoteRun | None = None,
-    ) -> Iterator[RemoteRun]:
-        """A run (Helper.start_run), nested under `parent` if given. It ends
-        FINISHED; KILLED when interrupted (Ctrl-C, SIGTERM); FAILED otherwise,
-        with the reason in the tag `failure_reason`."""
-        self.opened_run = True
-        handle = next(self.handles)  # how requests name the run before its id is known
-        parent_handle = parent.handle if parent else None
-        started = self.start_run(handle, experiment, name, tags, params, parent_handle)
+        self, name: str, tags: dict[str, str], params: dict[str, Any], parent: Run | None = None
+    ) -> Iterator[Run]:
+        """A run in the stage's experiment, nested under `parent` if given,
+        with tags (MLflow's own added: user, source, git commit; and
+        `attempt`) and params."""
+        self.ready()  # before any import of MLflow's here (see _load)
+        from mlflow.entities import Param
+        from mlflow.tracking.context.registry import resolve_tags
+        from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+        with self.call("start_run"):
+            experiment_id = self.experiment_id()
+            tags = tags | {ATTEMPT: attempt()}
+            if parent is not None:
+                tags |= {MLFLOW_PARENT_RUN_ID: parent.run_id}
+            created = self.client.create_run(experiment_id, tags=resolve_tags(tags), run_name=name)
+            run = Run(self, created.info.run_id, experiment_id)
+            logged = [Param(key, str(value)) for key, value in params.items()]
+            self.client.log_batch(run.run_id, params=logged)
         try:
-            yield RemoteRun(self, handle, started)
+            yield run
+            with self.call("end_run"):
+                run.caught_up()
+                self.client.set_terminated(run.run_id, "FINISHED")
         except BaseException as err:
             killed = isinstance(err, KeyboardInterrupt)
-            reason = "interrupted" if killed else str(err) or type(err).__name__
-            # Waits, as FINISHED does, until every request before it was made:
-            # the files they log may be deleted next. Never raises over `err`:
-            # the helper's failure is `err`, or is told on leaving the Tracker.
-            with contextlib.suppress(Exception):
-                self.end_run(handle, "KILLED" if killed else "FAILED", reason).result()
+            run.end("KILLED" if killed else "FAILED",
+                    "interrupted" if killed else str(err) or type(err).__name__)  # fmt: skip
             raise
-        self.end_run(handle, "FINISHED").result()
 
-    def close(self) -> None:
-        """Wait until every request was made; PipelineError if one failed."""
-        if self.requests.closed:
-            return
-        self.requests.close()  # the end of the helper's input: it answers the rest, exits
-        while self._receive(wait=True, at_end=True):
-            pass
-        self.replies.close()
-        if self.failure is not None or self._reap() != 0:
-            self._failed()
+    def end_abandoned(self, tags: dict[str, str]) -> list[str]:
+        """End as KILLED the runs with these tags that are still RUNNING but
+        whose process, on this host, is gone (killed before it could end
+        them); their ids. Runs of other hosts are left: whether their
+        process lives cannot be told from here."""
+        self.ready()
+        conditions = [f"tags.`{key}` = '{value}'" for key, value in tags.items()]
+        with self.call("search_runs"):
+            found = self.client.search_runs(
+                [self.experiment_id()], " and ".join([*conditions, "attributes.status = 'RUNNING'"])
+            )
+        ended = []
+        for run in found:
+            process = run.data.tags.get(ATTEMPT, "")
+            if process_gone(process):
+                Run(self, run.info.run_id, run.info.experiment_id).end(
+                    "KILLED", f"its stage ({process}) was killed; ended by a later run of the stage"
+                )
+                ended.append(run.info.run_id)
+        if ended:
+            log.warning("ended %d MLflow run(s) left RUNNING by a killed stage", len(ended))
+        return ended
 
-    def call(self, method: str, *args: Any, **kwargs: Any) -> Reply:
-        """Send a call of Helper.method; its Reply. Raises the helper's failure
-        if one came."""
-        while self._receive(wait=False):  # so that the helper never waits on a full pipe
-            pass
-        if self.failure is not None:
-            raise PipelineError(self.failure)
-        self._send((method, args, kwargs))
-        self.pending.append(Reply(self))
-        return self.pending[-1]
+    def log_to_run(
+        self,
+        run_id: str,
+        *,
+        metrics: dict[str, float] | None = None,
+        dicts: dict[str, Any] | None = None,
+        files: Sequence[Path] = (),
+        folder: str | None = None,
+        tags: dict[str, str] | None = None,
+        name: str | None = None,
+    ) -> bool:
+        """Add metrics, JSON artifacts, files and tags to a finished run (one
+        the train stage recorded), and rename it if `name` is given, leaving
+        it finished. False (and a warning) when the store does not have the
+        run, e.g. models pulled from a DVC remote that were trained
+        elsewhere; a store is never created to look."""
+        self.ready()  # before any import of MLflow's here (see _load)
+        from mlflow.entities import Metric, RunTag
+        from mlflow.exceptions import MlflowException
 
-    def _send(self, message: tuple) -> None:
-        # Plain pickle, not Connection.send's ForkingPickler: torch registers
-        # reducers there that share tensors through file descriptors.
-        data = pickle.dumps(message)
-        try:
-            with whole_messages():
-                self.requests.send_bytes(data)
-        except OSError:  # the helper is gone
-            self._failed()
-
-    def _receive(self, wait: bool, at_end: bool = False) -> bool:
-        """Read the helper's next answer into the oldest pending Reply (or,
-        none pending, its last word); without `wait`, only if it is there.
-        Whether one was read; at the end of its output, False if `at_end`."""
-        if not self.replies.poll(None if wait else 0):  # a signal may end the wait
+        db = sqlite_path(self.uri)
+        if db is not None and not db.exists():
+            log.warning("no MLflow store at %s: run %s not updated", db, run_id)
             return False
-        try:
-            with whole_messages():
-                value, failure = pickle.loads(self.replies.recv_bytes())
-        except EOFError:
-            if at_end:
+        with self.call("log_to_run", f"the experiment of run {run_id}"):
+            client = self.client
+            try:
+                client.get_run(run_id)
+            except MlflowException as err:
+                if access.explained(err, self.uri, ""):
+                    raise  # refused, not missing: the stage fails and says why
+                log.warning("MLflow run %s is not in %s: not updated", run_id, self.uri)
                 return False
-            self._failed()
-        self.failure = self.failure or failure
-        if self.pending:
-            reply = self.pending.popleft()
-            reply.value, reply.failure, reply.done = value, failure, True
+            now = int(time.time() * 1000)
+            entries = [Metric(key, value, now, 0) for key, value in (metrics or {}).items()]
+            run_tags = [RunTag(key, value) for key, value in (tags or {}).items()]
+            if entries or run_tags:
+                client.log_batch(run_id, metrics=entries, tags=run_tags)
+            if name is not None:
+                client.update_run(run_id, name=name)
+            for artifact, content in (dicts or {}).items():
+                client.log_dict(run_id, content, artifact)
+            for path in files:
+                client.log_artifact(run_id, str(path), folder)
         return True
 
-    def _failed(self) -> NoReturn:
-        status = self._reap()
-        stopped = f"the MLflow helper for {self.uri} stopped (exit status {status}); see above"
-        raise PipelineError(self.failure or stopped)
 
-    def _stop(self) -> None:
-        """Stop the helper after an error, once it ended any open run."""
-        if not self.opened_run:  # nothing to end: do not wait for its imports
-            self.process.kill()
-        self.requests.close()  # the helper ends the open runs, then exits
-        # Read its answers meanwhile (a full pipe would stall it), for 30 s at most.
-        deadline = time.monotonic() + STOP_SECONDS
-        with contextlib.suppress(Exception):  # its failure; unreadable after a cut read
-            while self.replies.poll(max(0.0, deadline - time.monotonic())):
-                if not self._receive(wait=False, at_end=True):
-                    break
-        self.replies.close()
-        self._reap(timeout=max(0.0, deadline - time.monotonic()))
+class Run:
+    """An open run of the stage's."""
 
-    def _reap(self, timeout: float = STOP_SECONDS) -> int:
-        """The helper's exit status, once it exited; killed if it takes longer."""
+    def __init__(self, tracker: Tracker, run_id: str, experiment_id: str) -> None:
+        self.tracker, self.run_id, self.experiment_id = tracker, run_id, experiment_id
+        self.pending: list[Any] = []  # MLflow's RunOperations of the asynchronous calls
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        """The epoch's metrics, asynchronously: this returns at once."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        entries = [Metric(key, float(value), now, epoch) for key, value in metrics.items()]
+        with self.tracker.call("log_epoch"):
+            self.pending.append(
+                self.tracker.client.log_batch(self.run_id, metrics=entries, synchronous=False)
+            )
+
+    def caught_up(self) -> None:
+        """Wait until every asynchronous call was made; raise if one failed."""
+        with self.tracker.call("log_epoch"):
+            while self.pending:
+                self.pending.pop(0).wait()
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        with self.tracker.call("set_tags"):
+            runs_tags = [RunTag(k, v) for k, v in tags.items()]
+            self.tracker.client.log_batch(self.run_id, tags=runs_tags)
+
+    def log_files(self, paths: Sequence[Path], folder: str) -> None:
+        with self.tracker.call("log_artifact"):
+            for path in paths:
+                self.tracker.client.log_artifact(self.run_id, str(path), folder)
+
+    def log_dataset(self, source: Path, digests: dict[str, str]) -> None:
+        """The data as an MLflow input: its location and a digest of the four files."""
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        combined = hashlib.sha256("".join(sorted(digests.values())).encode()).hexdigest()
+        with warnings.catch_warnings():  # "can be interpreted in multiple ways": it is local
+            warnings.simplefilter("ignore", UserWarning)
+            location = resolve_dataset_source(str(source.resolve()))
+        # MLflow stores at most 36 characters of a dataset digest.
+        dataset = MetaDataset(location, name="mnist", digest=combined[:32])
+        context = InputTag(key=MLFLOW_DATASET_CONTEXT, value="training")
+        with self.tracker.call("log_inputs"):
+            inputs = [DatasetInput(dataset._to_mlflow_entity(), [context])]
+            self.tracker.client.log_inputs(self.run_id, inputs)
+
+    def log_model(
+        self, network: torch.nn.Module, example: np.ndarray, name: str, tags: dict[str, str]
+    ) -> str:
+        """Log `network` (on the CPU, in eval mode) as an MLflow model named
+        `name` (served_model.py: loads and predicts anywhere), with `tags` and
+        an input example (N, 784); its URI."""
+        import mlflow
+        import torch
+        from mlflow.models import Model
+
+        with self.tracker.call("log_model"):
+            mlflow.set_experiment(experiment_id=self.experiment_id)  # a model's is the active one
+            return Model.log(
+                artifact_path=None,
+                name=name,
+                flavor=served_model,
+                run_id=self.run_id,
+                tags=tags,
+                network=network,
+                input_example=example,
+                # Explicit requirements: inferring them loads the model again (seconds).
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+                # Checking the input example by loading the model again: tests do it.
+                validate_serving_input=False,
+            ).model_uri
+
+    def end(self, status: str, reason: str) -> None:
+        """End the run with `status`, the reason in the tag `failure_reason`.
+        A failure being reported: a problem doing so is logged, never raised."""
         try:
-            return self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
+            client = self.tracker.client
+            client.set_tag(self.run_id, "failure_reason", reason[:5000])  # MLflow's limit
+            client.set_terminated(self.run_id, status)
+        except Exception as err:
+            log.warning("could not mark the MLflow run %s %s: %s", self.run_id, status, err)
 
 
-def helper_method(name: str) -> str:
-    """`name`, if it is a request the stage may send: a public method of Helper."""
-    if name.startswith("_") or not callable(getattr(Helper, name, None)):
-        raise AttributeError(f"Helper has no method {name!r}")
-    return name
+def attempt() -> str:
+    """This process, as the tag `attempt` names it: "host pid 123 started 1765.25"."""
+    import psutil
+
+    started = psutil.Process().create_time()
+    return f"{socket.gethostname()} pid {os.getpid()} started {started}"
 
 
-@contextlib.contextmanager
-def whole_messages() -> Iterator[None]:
-    """Ctrl-C and SIGTERM wait until a message is sent or read whole: one cut
-    in the middle would leave the pipe out of step. (Waiting for an answer
-    stays interruptible: that is `poll`, outside.)"""
-    signals = {signal.SIGINT, signal.SIGTERM}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+def process_gone(attempt_tag: str) -> bool:
+    """Whether the process an `attempt` tag names ran on this host and is
+    gone (a pid reused since by another process counts as gone)."""
+    import psutil
+
+    host, _, pid, _, started = (attempt_tag.split(" ") + [""] * 5)[:5]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
     try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        return str(psutil.Process(int(pid)).create_time()) != started
+    except psutil.NoSuchProcess:
+        return True
 
 
-class RemoteRun:
-    """A run the helper holds open: `run.name(...)` sends Helper.name(handle, ...)."""
+def prepare_model_logging() -> None:
+    """Load what log_model needs (about 2 s), before the first model waits for it."""
+    # Both are private and only save time: a change in torch or MLflow
+    # makes the first log_model slower, not wrong.
+    with contextlib.suppress(Exception):
+        import torch.export._trace  # noqa: F401 - export's tracer: torch._dynamo, ~1 s
+    import mlflow.pytorch  # noqa: F401
+    from mlflow.utils import requirements_utils
 
-    def __init__(self, tracker: Tracker, handle: int, started: Reply) -> None:
-        self.tracker, self.handle, self.started = tracker, handle, started
-
-    @property
-    def run_id(self) -> str:
-        return self.started.result()[0]
-
-    @property
-    def experiment_id(self) -> str:
-        return self.started.result()[1]
-
-    def __getattr__(self, name: str) -> Callable[..., Reply]:
-        return functools.partial(self.tracker.call, helper_method(name), self.handle)
+    # log_model checks the pinned requirements against the installed
+    # packages; the map of those it builds on first use takes ~0.6 s.
+    with contextlib.suppress(Exception):
+        requirements_utils._init_packages_to_modules_map()

@@ -49,14 +49,6 @@ def failures(outcomes: Sequence[str]) -> dict:
     }
 
 
-def failed_cell(outcomes: dict) -> str:
-    """A table cell for `failures(...)`: how many seeds failed to learn, how,
-    and the 95% interval of the failure rate: "0 (0 to 52%)"; "2: 1 diverged,
-    1 not learning (5 to 85%)"."""
-    low, high = (100 * x for x in outcomes["failed_fraction_ci95"])
-    how = [f"{outcomes[k]} {k.replace('_', ' ')}" for k in (DIVERGED, NOT_LEARNING) if outcomes[k]]
-    return f"{outcomes['failed']}{': ' + ', '.join(how) if how else ''} ({low:.0f} to {high:.0f}%)"
-
 
 def finite_or_none(value: float) -> float | None:
     """JSON has no NaN: a diverged seed's loss is written as null."""
@@ -156,21 +148,7 @@ def difference_prediction(a: Sequence[float], b: Sequence[float]) -> tuple[float
     return mean - half, mean + half
 
 
-def show_interval(
-    interval: Sequence[float] | None, scale: float = 100, digits: int = 2, sign: str = ""
-) -> str:
-    """ "low to high" for tables (scaled: 100 shows fractions as percent), "-"
-    when there is no interval (one seed)."""
-    if interval is None:
-        return "-"
-    low, high = (scale * x for x in interval)
-    return f"{low:{sign}.{digits}f} to {high:{sign}.{digits}f}"
-
 
 def _pair(interval: Iterable[float]) -> tuple[float, float]:
     low, high = (float(x) for x in interval)
     return low, high
-
-
-def pct(fraction: float) -> str:
-    return f"{100 * fraction:.2f}"
