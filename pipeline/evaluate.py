@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from pipeline import paths, tracking
+from pipeline import lineage, paths, tracking
 from pipeline.cli import run_stage, stage_parser
 from pipeline.data.mnist import load_split, scale_images
 from pipeline.errors import PipelineError
@@ -215,7 +215,7 @@ def log_to_mlflow(
 ) -> None:
     for variant, by_seed in evaluations.items():
         runs_file = paths.MODELS_DIR / variant / paths.RUNS_NAME
-        run_ids = tracking.recorded_runs(runs_file)
+        run_ids = lineage.recorded_runs(runs_file)
         for seed, e in by_seed.items():
             flat = {"eval/test_accuracy": e.test_accuracy, "eval/test_loss": e.test_loss}
             flat |= {f"eval/class_{k}_accuracy": a for k, a in enumerate(e.class_accuracy)}
@@ -224,7 +224,7 @@ def log_to_mlflow(
                 metrics=flat,
                 dicts={"evaluation/confusion_matrix.json": e.confusion},
             )
-        tracker.log_to_run(tracking.recorded_parent(runs_file),
+        tracker.log_to_run(lineage.recorded_parent(runs_file),
                            metrics=parent_metrics(statistics, variant))  # fmt: skip
 
 
@@ -261,8 +261,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     params = load_params(args.params)
     uri = tracking.tracking_uri(os.environ, Path.cwd())
     # MLflow loads while we evaluate; a refused login fails here, before any reading.
-    with tracking.Tracker(uri, params.tracking.experiment) as tracker:
-        evaluate_all(params, tracker)
+    tracker = tracking.Tracker(uri, params.tracking.experiment)
+    evaluate_all(params, tracker)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from pipeline import paths, tracking
+from pipeline import lineage, paths, tracking
 from pipeline.cli import raise_if_interrupted, run_stage, stage_parser
 from pipeline.data.mnist import DeviceData, load_mnist, to_device, verified_digests
 from pipeline.files import (
@@ -100,7 +100,7 @@ def seed_tags(
     """A seed's run tags, or (seed None) those of the variant's parent run,
     with what the MLflow UI shows as the run's source (this stage's module,
     where MLflow would name the file) and description."""
-    tags = tracking.run_tags(variant, seed, device, execution, os.environ, Path.cwd())
+    tags = lineage.run_tags(variant, seed, device, execution, os.environ, Path.cwd())
     tags |= {"mlflow.source.name": "pipeline.train", "mlflow.source.type": "LOCAL"}
     if seed is not None:
         note = f"{NAMES[variant]} variant, seed {seed}: {setting(params)}"
@@ -243,7 +243,7 @@ def train_variant(
     parent run for the variant (after ending the runs a killed earlier
     attempt left RUNNING); build out_dir in a staging folder and swap it in
     at the end, so a failure leaves no partial set of models."""
-    execution = tracking.pipeline_run_id(os.environ)
+    execution = lineage.pipeline_run_id(os.environ)
     device = describe_device(data.train_x.device)
     seeds = params.train.seeds
     logged_params = (
@@ -255,7 +255,7 @@ def train_variant(
     info = {  # what each checkpoint says about how it was made
         "variant": variant,
         "data_sha256": digests,
-        "git_commit": tracking.git_commit(Path.cwd()),
+        "git_commit": lineage.git_commit(Path.cwd()),
         "device": device,
         "params": {
             "model": params.model.model_dump(),
@@ -332,11 +332,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     # reads the data. A dead server, or one that refuses these credentials,
     # fails here: before any data is read.
     models = params.tracking.log_model
-    with tracking.Tracker(uri, params.tracking.experiment, models=models) as tracker:
-        digests = verified_digests(paths.RAW_DIR, params.data.verify)
-        data = to_device(load_mnist(paths.RAW_DIR), device)
-        out_dir = paths.MODELS_DIR / args.variant
-        histories = train_variant(args.variant, params, data, digests, out_dir, tracker)
+    tracker = tracking.Tracker(uri, params.tracking.experiment, models=models)
+    digests = verified_digests(paths.RAW_DIR, params.data.verify)
+    data = to_device(load_mnist(paths.RAW_DIR), device)
+    out_dir = paths.MODELS_DIR / args.variant
+    histories = train_variant(args.variant, params, data, digests, out_dir, tracker)
     atomic_write_json(paths.TRAIN_REPORTS_DIR / f"{args.variant}.json", summarize(histories))
     atomic_write_text(paths.TRAIN_REPORTS_DIR / f"{args.variant}.csv", plot_table(histories))
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from pipeline import paths, tracking
+from pipeline import lineage, paths, tracking
 from pipeline.cli import run_stage, stage_parser
 from pipeline.data.mnist import load_split, scale_images
 from pipeline.errors import ParamsError
@@ -60,8 +60,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     params = load_params(args.params)
     uri = tracking.tracking_uri(os.environ, Path.cwd())
     # MLflow loads while we draw; a refused login fails here, before any reading.
-    with tracking.Tracker(uri, params.tracking.experiment) as tracker:
-        draw_all(params.visualize, tracker)
+    tracker = tracking.Tracker(uri, params.tracking.experiment)
+    draw_all(params.visualize, tracker)
 
 
 def draw_all(params: VisualizeParams, tracker: tracking.Tracker) -> None:
@@ -118,7 +118,7 @@ def draw_all(params: VisualizeParams, tracker: tracking.Tracker) -> None:
         params=checkpoint["params"],
         digests=checkpoint["data_sha256"],
         # the commit the models were trained at (reports may be drawn later)
-        commit=checkpoint.get("git_commit") or tracking.git_commit(Path.cwd()) or "unknown",
+        commit=checkpoint.get("git_commit") or lineage.git_commit(Path.cwd()) or "unknown",
         device=checkpoint["device"],
         date=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         statistics=statistics,
@@ -133,7 +133,7 @@ def draw_all(params: VisualizeParams, tracker: tracking.Tracker) -> None:
     atomic_write_text(paths.REPORT_HTML, document.render_html(blocks, paths.REPORTS_DIR))
     log.info("wrote %d figures, %s and %s", len(written), paths.REPORT_MD, paths.REPORT_HTML)
     for variant in VARIANTS:  # on the parent runs, one level above each seed's run
-        parent = tracking.recorded_parent(paths.MODELS_DIR / variant / paths.RUNS_NAME)
+        parent = lineage.recorded_parent(paths.MODELS_DIR / variant / paths.RUNS_NAME)
         tracker.log_to_run(parent, files=[*written, paths.REPORT_HTML], folder="report")
 
 

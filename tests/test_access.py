@@ -119,8 +119,8 @@ def test_a_user_who_may_write_gets_a_tracker(serve, permission: str) -> None:
         access.CURRENT_USER: user("ana"),
         access.PERMISSION: (200, {"allowed": True, "permission": permission}),
     })  # fmt: skip
-    with tracking.Tracker(server.uri, "stage-test"):
-        pass
+    tracking.Tracker(server.uri, "stage-test")
+    pass
 
 
 def test_an_admin_may_write_whatever_permission_the_server_reports(serve) -> None:
@@ -130,22 +130,22 @@ def test_an_admin_may_write_whatever_permission_the_server_reports(serve) -> Non
         access.CURRENT_USER: user("admin", admin=True),
         access.PERMISSION: (200, {"allowed": True, "permission": "READ"}),
     })  # fmt: skip
-    with tracking.Tracker(server.uri, "stage-test"):
-        pass
+    tracking.Tracker(server.uri, "stage-test")
+    pass
 
 
 def test_a_server_without_logins_lets_everybody_write(serve) -> None:
     """No authentication app: its routes are 404, as on a plain `mlflow server`."""
     server = serve({BY_NAME: (200, {"experiment": EXPERIMENT})})
-    with tracking.Tracker(server.uri, "stage-test"):
-        pass
+    tracking.Tracker(server.uri, "stage-test")
+    pass
     assert access.CURRENT_USER in server.asked
 
 
 def test_a_new_experiment_is_created_before_the_stage_reads_data(serve) -> None:
     server = serve({BY_NAME: MISSING, CREATE: (200, {"experiment_id": "8"})})
-    with tracking.Tracker(server.uri, "stage-test"):
-        assert CREATE in server.asked  # its creator may write to it: no permission to ask
+    tracking.Tracker(server.uri, "stage-test")
+    assert CREATE in server.asked  # its creator may write to it: no permission to ask
     assert access.CURRENT_USER not in server.asked
 
 
@@ -167,8 +167,8 @@ def test_a_403_that_is_not_the_auth_apps_is_shown_as_the_server_wrote_it(serve) 
 
 
 def test_a_local_store_is_never_asked_for_a_login(tmp_path: Path) -> None:
-    with tracking.Tracker(f"sqlite:///{tmp_path}/mlflow.db", "stage-test") as tracker:
-        tracker.ready()
+    tracker = tracking.Tracker(f"sqlite:///{tmp_path}/mlflow.db", "stage-test")
+    tracker.ready()
     assert not (tmp_path / "mlflow.db").exists()  # asking would have created the store
 
 

@@ -250,10 +250,10 @@ def test_a_run_missing_from_the_store_is_skipped_with_a_warning(tmp_path: Path, 
     from pipeline import tracking
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    with tracking.Tracker(uri, "e") as tracker:
-        assert tracker.log_to_run("0" * 32, metrics={"x": 1.0}) is False
+    tracker = tracking.Tracker(uri, "e")
+    assert tracker.log_to_run("0" * 32, metrics={"x": 1.0}) is False
     assert not (tmp_path / "mlflow.db").exists()  # no store created just to look
     tracking.prepare_experiment(uri, "e")
-    with tracking.Tracker(uri, "e") as tracker:
-        assert tracker.log_to_run("0" * 32, metrics={"x": 1.0}) is False
+    tracker = tracking.Tracker(uri, "e")
+    assert tracker.log_to_run("0" * 32, metrics={"x": 1.0}) is False
     assert "is not in" in caplog.text  # the tracker's warning

@@ -13,7 +13,7 @@ from .conftest import REPO
 
 # The edge: what every layer may use. Everything else at the top of
 # `pipeline/` is a stage or a command (train, evaluate, study, ...).
-EDGE = {"cli", "errors", "files", "format", "params", "paths", "results", "stats"}
+EDGE = {"cli", "errors", "files", "format", "lineage", "params", "paths", "results", "stats"}
 LAYERS = {"edge": 0, "data": 1, "nn": 2, "report": 3, "tracking": 3, "stages": 4}
 
 

@@ -427,6 +427,49 @@ def test_interrupted_training_ends_killed_and_keeps_nothing(
     assert (long_training / paths.MODELS_DIR / "bn" / "seed0.pt").is_file()
 
 
+def test_runs_of_a_killed_training_are_ended_by_the_next_run_of_the_stage(
+    long_training: Path,
+) -> None:
+    # SIGKILL: the stage cannot end its runs. The next train_bn ends them
+    # KILLED, by their tags; train_nobn's own runs are not its to end.
+    from mlflow.tracking import MlflowClient
+
+    store = long_training / "store" / "mlflow.db"
+    env = {k: v for k, v in os.environ.items() if k != "PIPELINE_RUN_ID"}
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{store}"
+    started = {
+        variant: subprocess.Popen([sys.executable, "-m", "pipeline.train", "--variant", variant],
+                                  cwd=long_training, env=env, stderr=subprocess.PIPE, text=True)
+        for variant in ("bn", "nobn")
+    }  # fmt: skip
+    for process in started.values():
+        for line in process.stderr:  # wait until it is well into training
+            if "epoch 2/1000" in line:
+                break
+    for process in started.values():
+        process.kill()
+        assert process.wait(timeout=60) == -signal.SIGKILL
+        process.stderr.close()
+    client = MlflowClient(f"sqlite:///{store}")
+    experiment = client.get_experiment_by_name("stage-test").experiment_id
+    left = {r.info.run_name: r.info.status for r in client.search_runs([experiment])}
+    assert left == dict.fromkeys(["bn", "bn-seed0", "nobn", "nobn-seed0"], "RUNNING")
+    params = yaml.safe_load((long_training / "params.yaml").read_text())
+    params["train"]["epochs"] = 1
+    (long_training / "params.yaml").write_text(yaml.safe_dump(params))
+    again = stage(
+        long_training, "train --variant bn", {"MLFLOW_TRACKING_URI": f"sqlite:///{store}"}
+    )
+    assert again.returncode == 0, again.stderr
+    runs = client.search_runs([experiment])
+    statuses = sorted((r.info.run_name, r.info.status) for r in runs)
+    assert statuses == [("bn", "FINISHED"), ("bn", "KILLED"), ("bn-seed0", "FINISHED"),
+                        ("bn-seed0", "KILLED"), ("nobn", "RUNNING"), ("nobn-seed0", "RUNNING")]  # fmt: skip
+    ended = [r for r in runs if r.info.status == "KILLED"]
+    assert all("was killed; a later run ended it" in r.data.tags["failure_reason"] for r in ended)
+    assert "left RUNNING" not in again.stderr or "was killed" in again.stderr
+
+
 # --- tracking store -----------------------------------------------------------------
 
 

@@ -1,35 +1,41 @@
 """Named studies on synthetic experiment records: which points each study
-computes and which experiment it reads for each, the commands that queue
-them, the summary's numbers and sentences, and the checks of params.yaml
-`studies`. (tests/test_study_e2e.py runs a tiny study through DVC.)"""
+computes and which experiment it reads for each, when a point is stale (in
+small git repositories), the commands that queue them, the summary's
+numbers and sentences, and the checks of params.yaml `studies`.
+(tests/test_study_e2e.py runs a tiny study through DVC.)"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from pipeline import paths, study
+from pipeline import experiments, paths, study
 from pipeline.errors import ParamsError, PipelineError
 from pipeline.evaluate import Evaluation, summarize
+from pipeline.experiments import Experiment, Point, Recipe
 from pipeline.params import StudyParams, parse_params
 from pipeline.report import study_report
 from pipeline.report.document import Heading, Image, Paragraph, Table
 
+from .conftest import REPO, git
+
 DEPTH = {"param": "model.depth", "values": [2, 4, 10], "fixed": {}}  # as params.yaml has it
 
 
-def record(rev: str, depth: int = 10, *, lr: float = 0.001, code: str = "c1",
-           failed: bool = False, time: str = "2026-11-27T12:00:00",
-           studies: dict | None = None) -> dict:  # fmt: skip
-    """One revision as `dvc exp show --json` writes it."""
+def record(rev: str, depth: int = 10, *, lr: float = 0.001, failed: bool = False,
+           time: str = "2026-11-27T12:00:00", studies: dict | None = None,
+           more: dict | None = None) -> dict:  # fmt: skip
+    """One revision as `dvc exp show --json` writes it (`more`: other params
+    sections). Name a revision "old..." to have it run other code (same_code)."""
     params = {"model": {"depth": depth, "width": 64}, "train": {"lr": lr, "seeds": [0, 1]},
-              "studies": studies or {"depth": DEPTH}}  # fmt: skip
-    deps = {"pipeline/train.py": {"hash": code}, "data/raw": {"hash": "raw"},
+              "studies": studies or {"depth": DEPTH}} | (more or {})  # fmt: skip
+    deps = {"pipeline/train.py": {"hash": "c1"}, "data/raw": {"hash": "raw"},
             "data/models/bn": {"hash": f"models-{rev}"}}  # fmt: skip
     data = {"rev": rev, "timestamp": time, "params": {"params.yaml": {"data": params}},
             "deps": deps, "metrics": {}, "outs": {}, "meta": {}}  # fmt: skip
@@ -37,24 +43,78 @@ def record(rev: str, depth: int = 10, *, lr: float = 0.001, code: str = "c1",
     return {"rev": rev, "name": None, "data": data, "error": error, "experiments": None}
 
 
-def shown(workspace: dict, *experiments: tuple) -> list[dict]:
+def shown(workspace: dict, *entries: tuple) -> list[dict]:
     """`dvc exp show --json` of the workspace and one baseline with these
     (name, record) or (name, record, queue state) experiments."""
     baseline = record("b" * 40) | {"name": "main"}
     baseline["experiments"] = [
         {"name": e[0], "revs": [e[1]], "executor": {"state": e[2]} if len(e) > 2 else None}
-        for e in experiments
+        for e in entries
     ]
     return [workspace | {"rev": "workspace"}, baseline]
 
 
-def same_code(e: study.Experiment) -> bool:
-    """As git would answer for a workspace whose pipeline/train.py is "c1"."""
-    return e.code["pipeline/train.py"] == "c1"
+DVC_YAML = """\
+stages:
+  download:
+    cmd: python -m pipeline.download
+    deps:
+      - pipeline/download.py
+    params:
+      - data
+    outs:
+      - data/raw
+  train_bn:
+    cmd: python -m pipeline.train --variant bn
+    deps: &train_deps
+      - data/raw
+      - pipeline/nn/training.py
+      - pipeline/train.py
+    params: &train_params
+      - data.verify
+      - model
+      - train
+      - tracking
+    outs:
+      - data/models/bn
+  train_nobn:
+    cmd: python -m pipeline.train --variant nobn
+    deps: *train_deps
+    params: *train_params
+    outs:
+      - data/models/nobn
+  evaluate:
+    cmd: python -m pipeline.evaluate
+    deps:
+      - data/models/bn
+      - data/models/nobn
+      - pipeline/evaluate.py
+    params:
+      - evaluate
+      - tracking.experiment
+    outs:
+      - reports/statistics.json
+  visualize:
+    cmd: python -m pipeline.visualize
+    deps:
+      - reports/statistics.json
+      - pipeline/report/why.py
+      - pipeline/visualize.py
+    params:
+      - visualize
+"""  # the committed dvc.yaml's shape, small
+RECIPE = Recipe.parse(DVC_YAML)
 
 
-def depth(value: int) -> study.Point:
-    return study.Point("depth", value, {"model.depth": value})
+def same_code(rev: str, recipe: Recipe) -> bool:
+    """As git would answer for a workspace whose recipe is RECIPE: the
+    commits named "old..." ran other code."""
+    assert recipe == RECIPE
+    return not rev.startswith("old")
+
+
+def depth(value: int) -> Point:
+    return Point("depth", value, {"model.depth": value})
 
 
 def studies(**named: dict) -> dict[str, StudyParams]:
@@ -64,8 +124,8 @@ def studies(**named: dict) -> dict[str, StudyParams]:
 # What each study computes, and which experiment is each point's.
 
 
-def test_exp_show_is_read_into_experiments_with_flat_params_and_code() -> None:
-    workspace, experiments = study.parse_exp_show(shown(
+def test_exp_show_is_read_into_experiments_with_flat_params() -> None:
+    workspace, listed = experiments.parse_exp_show(shown(
         record("workspace", 10),
         ("d2", record("e1", 2)),
         ("bad", record("e2", 4, failed=True)),
@@ -74,16 +134,15 @@ def test_exp_show_is_read_into_experiments_with_flat_params_and_code() -> None:
     ))  # fmt: skip
     assert (workspace.name, workspace.state, workspace.params["model.depth"]) == (
         "workspace", "success", 10)  # fmt: skip
-    first, failed, queued, running = experiments
+    first, failed, queued, running = listed
     assert (first.name, first.rev, first.created, first.state) == (
         "d2", "e1", "2026-11-27T12:00:00", "success")  # fmt: skip
     assert first.params == {
         "model.depth": 2, "model.width": 64, "train.lr": 0.001, "train.seeds": [0, 1],
         "studies.depth.param": "model.depth", "studies.depth.values": [2, 4, 10],
     }  # fmt: skip
-    assert first.code == {"pipeline/train.py": "c1", "data/raw": "raw"}  # not the models
     assert (first.baseline, workspace.baseline) == ("b" * 40, "")  # run from; HEAD's own
-    assert study.comparable(first.params) == {
+    assert RECIPE.comparable(first.params) == {
         "model.depth": 2, "model.width": 64, "train.lr": 0.001, "train.seeds": [0, 1]
     }  # fmt: skip
     assert [e.state for e in (failed, queued, running)] == ["failed", "queued", "running"]
@@ -94,73 +153,75 @@ def test_exp_show_of_every_commit_holds_the_experiments_of_each() -> None:
         {"name": "old-d2", "revs": [record("e0", 2)], "executor": None},
         {"name": None, "revs": [record("e9", 4)], "executor": {"state": "queued"}},  # unnamed
     ]}  # fmt: skip
-    _, experiments = study.parse_exp_show([*shown(record("workspace"), ("d6", record("e1", 6))),
+    _, listed = experiments.parse_exp_show([*shown(record("workspace"), ("d6", record("e1", 6))),
                                            older])  # fmt: skip
-    assert [(e.name, e.params["model.depth"]) for e in experiments] == [
+    assert [(e.name, e.params["model.depth"]) for e in listed] == [
         ("d6", 6), ("old-d2", 2), ("e9", 4)]  # fmt: skip
     with pytest.raises(PipelineError, match="listed no workspace"):
-        study.parse_exp_show([older])
+        experiments.parse_exp_show([older])
 
 
 def test_a_study_has_a_point_per_value_with_its_fixed_keys() -> None:
     lr = StudyParams(param="train.lr", values=[0.001, 0.01], fixed={"model.depth": 4})
-    assert study.study_points("lr", lr) == [
-        study.Point("lr", 0.001, {"model.depth": 4, "train.lr": 0.001}),
-        study.Point("lr", 0.01, {"model.depth": 4, "train.lr": 0.01}),
+    assert experiments.study_points("lr", lr) == [
+        Point("lr", 0.001, {"model.depth": 4, "train.lr": 0.001}),
+        Point("lr", 0.01, {"model.depth": 4, "train.lr": 0.01}),
     ]
 
 
 def test_the_workspace_point_is_the_workspace() -> None:
-    workspace, experiments = study.parse_exp_show(shown(
+    workspace, listed = experiments.parse_exp_show(shown(
         record("workspace", 10, studies={"depth": DEPTH | {"values": [2, 10, 20]}}),
         ("same-as-workspace", record("e1", 10, time="2026-11-28T00:00:00")),
     ))  # fmt: skip
-    assert study.find(depth(10), workspace, experiments, same_code) is workspace
+    assert experiments.find(depth(10), workspace, listed, RECIPE, same_code) is workspace
 
 
 def test_the_newest_successful_experiment_with_the_points_params_and_code_wins() -> None:
-    workspace, experiments = study.parse_exp_show(shown(
+    workspace, listed = experiments.parse_exp_show(shown(
         record("workspace", 10),
         ("old", record("e1", 2, time="2026-11-27T10:00:00")),
         ("new", record("e2", 2, time="2026-11-27T11:00:00")),
         ("newer-but-failed", record("e3", 2, time="2026-11-27T12:00:00", failed=True)),
-        ("newer-other-code", record("e4", 2, time="2026-11-27T13:00:00", code="c2")),
+        ("newer-other-code", record("old-e4", 2, time="2026-11-27T13:00:00")),
         ("newer-other-lr", record("e5", 2, time="2026-11-27T14:00:00", lr=0.01)),
         ("newer-queued", record("e6", 2, time="2026-11-27T15:00:00"), "queued"),
         ("other-study-list", record("e7", 4, studies={"depth": DEPTH | {"values": [4, 8]}})),
     ))  # fmt: skip
-    assert study.find(depth(2), workspace, experiments, same_code).name == "new"
+    assert experiments.find(depth(2), workspace, listed, RECIPE, same_code).name == "new"
     # what params.yaml `studies` said when it ran does not make another point
-    assert study.find(depth(4), workspace, experiments, same_code).name == "other-study-list"
+    assert (
+        experiments.find(depth(4), workspace, listed, RECIPE, same_code).name == "other-study-list"
+    )
 
 
 def test_experiments_that_differ_in_any_other_param_are_never_a_point() -> None:
-    workspace, experiments = study.parse_exp_show(shown(
+    workspace, listed = experiments.parse_exp_show(shown(
         record("workspace", 10),
         ("other-lr", record("e1", 4, lr=0.01)),
-        ("other-lr-stale", record("e2", 4, lr=0.01, code="c2")),
+        ("other-lr-stale", record("old-e2", 4, lr=0.01)),
         ("other-lr-queued", record("e3", 4, lr=0.01), "queued"),
     ))  # fmt: skip
-    assert study.find(depth(4), workspace, experiments, same_code) == "missing"
+    assert experiments.find(depth(4), workspace, listed, RECIPE, same_code) == "missing"
 
 
 def test_a_point_without_a_successful_experiment_says_why() -> None:
-    workspace, experiments = study.parse_exp_show(shown(
+    workspace, listed = experiments.parse_exp_show(shown(
         record("workspace", 10),
-        ("stale-a", record("e1", 2, code="c2")),
-        ("stale-b", record("e2", 2, code="c3", failed=True)),
+        ("stale-a", record("old-e1", 2)),
+        ("stale-b", record("old-e2", 2, failed=True)),
         ("broken", record("e3", 4, failed=True)),
         ("broken-too", record("e4", 4), "failed"),  # failed in DVC's queue
         ("later", record("e5", 6, failed=True)),
         ("later", record("e6", 6), "queued"),
         ("now", record("e7", 15), "running"),
         ("next", record("e8", 15), "queued"),
-        ("stale-but-done", record("e9", 20, code="c2")),
+        ("stale-but-done", record("old-e9", 20)),
         ("current-but-failed", record("e10", 20, failed=True)),
     ))  # fmt: skip
 
     def why(value: int) -> str:
-        return study.find(depth(value), workspace, experiments, same_code)
+        return experiments.find(depth(value), workspace, listed, RECIPE, same_code)
 
     assert why(2) == "stale: stale-a, stale-b ran other code"
     assert why(4) == "failed: broken, broken-too"
@@ -171,22 +232,22 @@ def test_a_point_without_a_successful_experiment_says_why() -> None:
 
 
 def test_only_points_without_a_current_experiment_are_computed() -> None:
-    workspace, experiments = study.parse_exp_show(shown(
+    workspace, listed = experiments.parse_exp_show(shown(
         record("workspace", 10),
         ("done", record("e1", 2)),
         ("waiting", record("e2", 6), "queued"),
         ("now", record("e3", 15), "running"),
         ("broken", record("e4", 20, failed=True)),
-        ("stale", record("e5", 30, code="c2")),
+        ("stale", record("old-e5", 30)),
         ("other-lr", record("e6", 40, lr=0.01)),
     ))  # fmt: skip
     points = [depth(v) for v in (2, 4, 6, 10, 15, 20, 30, 40)]
-    missing = study.to_compute(points, workspace, experiments, same_code)
+    missing = experiments.to_compute(points, workspace, listed, RECIPE, same_code)
     assert [p.value for p in missing] == [4, 20, 30, 40]
 
 
 def test_a_point_shared_by_two_studies_is_computed_once() -> None:
-    workspace, experiments = study.parse_exp_show(shown(
+    workspace, listed = experiments.parse_exp_show(shown(
         record("workspace", 10),
         ("lr-at-depth-10", record("e1", 10, lr=0.01)),  # not the lr study's: its depth is 4
     ))  # fmt: skip
@@ -194,8 +255,8 @@ def test_a_point_shared_by_two_studies_is_computed_once() -> None:
         depth={"param": "model.depth", "values": [2, 4, 10], "fixed": {}},
         lr={"param": "train.lr", "values": [0.001, 0.01], "fixed": {"model.depth": 4}},
     )
-    points = [p for name, s in named.items() for p in study.study_points(name, s)]
-    missing = study.to_compute(points, workspace, experiments, same_code)
+    points = [p for name, s in named.items() for p in experiments.study_points(name, s)]
+    missing = experiments.to_compute(points, workspace, listed, RECIPE, same_code)
     # lr = 0.001 at depth 4 is depth = 4 at the workspace's lr: one experiment for both
     assert [(p.study, p.value) for p in missing] == [("depth", 2), ("depth", 4), ("lr", 0.01)]
     assert study.queue_commands(missing, named) == [
@@ -207,13 +268,184 @@ def test_a_point_shared_by_two_studies_is_computed_once() -> None:
 def test_a_value_added_to_a_study_computes_only_that_point() -> None:
     before = {"depth": DEPTH}
     after = {"depth": DEPTH | {"values": [2, 4, 10, 20]}}
-    workspace, experiments = study.parse_exp_show(shown(
+    workspace, listed = experiments.parse_exp_show(shown(
         record("workspace", 10, studies=after),
         ("d2", record("e1", 2, studies=before)),
         ("d4", record("e2", 4, studies=before)),
     ))  # fmt: skip
-    points = study.study_points("depth", StudyParams(**after["depth"]))
-    assert study.to_compute(points, workspace, experiments, same_code) == [depth(20)]
+    points = experiments.study_points("depth", StudyParams(**after["depth"]))
+    assert experiments.to_compute(points, workspace, listed, RECIPE, same_code) == [depth(20)]
+
+
+# What made a point's numbers: its recipe, and when a point is stale.
+
+
+def test_a_recipe_is_what_the_train_and_evaluate_stages_list() -> None:
+    assert RECIPE.code == ["pipeline/evaluate.py", "pipeline/nn/training.py", "pipeline/train.py"]
+    assert RECIPE.params == ["data.verify", "evaluate", "model", "tracking",
+                             "tracking.experiment", "train"]  # fmt: skip
+    assert RECIPE.comparable({
+        "model.depth": 2, "train.lr": 0.1, "data.verify": True, "evaluate.batch_size": 100,
+        "tracking.log_model": False, "data.source": "local", "visualize.dpi": 30,
+        "studies.depth.values": [2, 4], "paper.param": "train.lr", "models.x": 1,
+    }) == {"model.depth": 2, "train.lr": 0.1, "data.verify": True, "evaluate.batch_size": 100,
+           "tracking.log_model": False}  # fmt: skip
+    # parsed, not read as text: a comment, or another stage's entry, is no part of it
+    visualize_reads_more = DVC_YAML.replace("      - visualize\n",
+                                            "      - visualize\n      - evaluate\n")  # fmt: skip
+    assert Recipe.parse(visualize_reads_more + "# a comment\n") == RECIPE
+    assert Recipe.parse(DVC_YAML.replace("--variant nobn", "--variant nobn --fast")) != RECIPE
+    assert Recipe.parse("") == Recipe(dict.fromkeys(experiments.NUMBER_STAGES))
+
+
+def test_the_committed_recipe_leaves_out_visualize_and_its_report() -> None:
+    recipe = Recipe.parse((REPO / "dvc.yaml").read_text())
+    assert {"pipeline/train.py", "pipeline/nn/training.py", "pipeline/evaluate.py"} <= set(
+        recipe.code
+    )
+    report = {"pipeline/visualize.py", "pipeline/report/why.py", "pipeline/report/figures.py"}
+    assert not report & set(recipe.code)
+    assert "visualize" not in recipe.params and "model" in recipe.params
+
+
+def test_only_the_params_the_stages_read_make_another_point() -> None:
+    setting = {"data": {"source": "auto", "verify": True}, "visualize": {"dpi": 100},
+               "evaluate": {"batch_size": 1000}}  # fmt: skip
+    workspace, listed = experiments.parse_exp_show(shown(
+        record("workspace", 10, more=setting),
+        ("other-dpi-and-source", record("e1", 2, more=setting | {
+            "data": {"source": "local", "verify": True}, "visualize": {"dpi": 30}})),
+        ("other-batch", record("e2", 4, more=setting | {"evaluate": {"batch_size": 10}})),
+        ("unverified", record("e3", 6, more=setting | {
+            "data": {"source": "auto", "verify": False}})),
+    ))  # fmt: skip
+
+    def found(value: int) -> Experiment | str:
+        return experiments.find(depth(value), workspace, listed, RECIPE, same_code)
+
+    assert found(2).name == "other-dpi-and-source"  # visualize's or download's: the same point
+    assert found(4) == "missing"
+    assert found(6) == "missing"
+
+
+MODULES = ("pipeline/download.py", "pipeline/train.py", "pipeline/nn/training.py",
+           "pipeline/evaluate.py", "pipeline/report/why.py", "pipeline/visualize.py",
+           "README.md")  # fmt: skip
+
+
+@pytest.fixture
+def code_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A git repository as the working folder: DVC_YAML and a line in each
+    of MODULES, committed."""
+    monkeypatch.chdir(tmp_path)
+    git(tmp_path, "init", "-q")
+    for name, text in ({"dvc.yaml": DVC_YAML} | dict.fromkeys(MODULES, "x = 1\n")).items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    git(tmp_path, "add", "-A")
+    git(tmp_path, "commit", "-qm", "code")
+    return tmp_path
+
+
+def append(name: str, line: str = "# a comment\n") -> None:
+    with Path(name).open("a", encoding="utf-8") as file:
+        file.write(line)
+
+
+def head(repo: Path) -> str:
+    return git(repo, "rev-parse", "HEAD").strip()
+
+
+VISUALIZE_DRAWS_MORE = DVC_YAML.replace(
+    "      - pipeline/visualize.py\n",
+    "      - pipeline/visualize.py\n      - pipeline/report/figures.py\n",
+)  # another stage's entry
+
+
+def test_a_report_edit_queues_nothing_and_a_training_edit_makes_every_point_stale(
+    code_repo: Path,
+) -> None:
+    rev = head(code_repo)
+    workspace, listed = experiments.parse_exp_show(shown(
+        record("workspace", 10), ("d2", record(rev, 2)), ("d4", record(rev, 4)),
+    ))  # fmt: skip
+    points = [depth(v) for v in (2, 4, 10)]
+
+    def queued() -> list[Point]:
+        return experiments.to_compute(points, workspace, listed, experiments.recipe_at(),
+                                      experiments.same_recipe)  # fmt: skip
+
+    assert queued() == []
+    append("pipeline/report/why.py")
+    append("pipeline/visualize.py")
+    Path("dvc.yaml").write_text(VISUALIZE_DRAWS_MORE + "# visualize draws more\n")
+    assert queued() == []
+    git(code_repo, "commit", "-qam", "the report")
+    assert queued() == []
+    append("pipeline/nn/training.py")
+    assert queued() == [depth(2), depth(4)]
+    for value in (2, 4):
+        assert experiments.find(depth(value), workspace, listed, experiments.recipe_at(),
+                                experiments.same_recipe) == f"stale: d{value} ran other code"  # fmt: skip
+
+
+def test_a_change_to_the_stages_entries_is_other_code(code_repo: Path) -> None:
+    rev = head(code_repo)
+    Path("dvc.yaml").write_text(DVC_YAML.replace("      - evaluate\n",
+                                                 "      - evaluate\n      - visualize.dpi\n"))  # fmt: skip
+    assert not experiments.same_recipe(rev, experiments.recipe_at())
+    Path("dvc.yaml").write_text(DVC_YAML.replace("pipeline/evaluate.py", "pipeline/train.py"))
+    assert not experiments.same_recipe(rev, experiments.recipe_at())
+    Path("dvc.yaml").write_text(DVC_YAML + "# a comment\n")
+    assert experiments.same_recipe(rev, experiments.recipe_at())
+    assert not experiments.same_recipe("0" * 40, experiments.recipe_at())  # no such commit
+
+
+def test_a_points_code_is_the_last_commit_that_changed_its_recipe(code_repo: Path) -> None:
+    code = head(code_repo)
+    append("README.md")  # a summary or a README: not the code
+    git(code_repo, "commit", "-qam", "docs")
+    append("pipeline/report/why.py")
+    Path("dvc.yaml").write_text(VISUALIZE_DRAWS_MORE)
+    git(code_repo, "commit", "-qam", "the report")
+    report = head(code_repo)
+    workspace = Experiment("workspace", "", "", "success", {})
+    run_from_report = Experiment("e", "e1", "", "success", {}, baseline=report)
+
+    def commit_of(point: Experiment) -> str:
+        return experiments.code_commit(point, experiments.recipe_at())
+
+    assert commit_of(workspace) == code
+    assert commit_of(run_from_report) == code
+    append("pipeline/visualize.py")
+    assert commit_of(workspace) == code  # an uncommitted report edit is not the code either
+    append("pipeline/train.py")
+    assert commit_of(workspace) == "uncommitted changes"
+    assert commit_of(run_from_report) == code  # an experiment's code is committed
+    git(code_repo, "commit", "-qam", "train")
+    train = head(code_repo)
+    assert commit_of(workspace) == train
+    Path("dvc.yaml").write_text(VISUALIZE_DRAWS_MORE.replace("--variant nobn", "--variant nobn -v"))
+    assert commit_of(workspace) == "uncommitted changes"
+    git(code_repo, "commit", "-qam", "the stage")
+    assert commit_of(workspace) == head(code_repo)
+    assert commit_of(run_from_report) == code
+
+
+def test_the_workspaces_point_is_current_when_the_stages_that_make_it_are(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    changed = {"visualize": [{"changed deps": {"pipeline/report/why.py": "modified"}}]}
+
+    def dvc(*args: str) -> subprocess.CompletedProcess:  # `dvc status --json [stages]`
+        assert args[:2] == ("status", "--json")
+        report = {stage: changed[stage] for stage in args[2:] or changed if stage in changed}
+        return subprocess.CompletedProcess(["dvc", *args], 0, json.dumps(report), "")
+
+    monkeypatch.setattr(experiments, "dvc", dvc)
+    assert experiments.workspace_current()  # visualize's outputs are not a point's numbers
+    changed["train_nobn"] = [{"changed deps": {"pipeline/nn/training.py": "modified"}}]
+    assert not experiments.workspace_current()
 
 
 # Shares of the values, and the commands that queue them.
@@ -258,7 +490,7 @@ def test_queue_commands_write_values_as_dvc_reads_them() -> None:
             "train.betas": [0.9, 0.99]}},
         untouched={"param": "model.width", "values": [32, 64], "fixed": {}},
     )  # fmt: skip
-    points = [study.Point("lr", v, {}) for v in (1e-05, 1.0)] + [study.Point("depth", 20, {})]
+    points = [Point("lr", v, {}) for v in (1e-05, 1.0)] + [Point("depth", 20, {})]
     assert study.queue_commands(points, named) == [
         ["exp", "run", "--queue", "-S", "train.lr=1e-05,1.0"],
         ["exp", "run", "--queue", "-S", "model.depth=20", "-S", "train.eps=1e-08",
@@ -269,19 +501,18 @@ def test_queue_commands_write_values_as_dvc_reads_them() -> None:
 
 
 def test_what_differs_names_the_points_params_that_are_not_the_workspaces() -> None:
-    workspace = study.Experiment("workspace", "", "", "success",
-                                 {"model.depth": 10, "train.lr": 0.001, "train.device": "auto"},
-                                 {})  # fmt: skip
+    workspace = Experiment("workspace", "", "", "success",
+                           {"model.depth": 10, "train.lr": 0.001, "train.device": "auto"})  # fmt: skip
     assert study.what_differs(depth(20), workspace) == "depth=20"
     assert study.what_differs(depth(10), workspace) == ""
-    assert study.what_differs(study.Point("lr", 0.01, {"model.depth": 4, "train.lr": 0.01}),
+    assert study.what_differs(Point("lr", 0.01, {"model.depth": 4, "train.lr": 0.01}),
                               workspace) == "depth=4 lr=0.01"  # fmt: skip
-    assert study.what_differs(study.Point("lr", 1e-05, {"model.depth": 10, "train.lr": 1e-05}),
+    assert study.what_differs(Point("lr", 1e-05, {"model.depth": 10, "train.lr": 1e-05}),
                               workspace) == "lr=1e-05"  # fmt: skip
-    assert study.what_differs(study.Point("d", "cpu", {"train.device": "cpu"}),
+    assert study.what_differs(Point("d", "cpu", {"train.device": "cpu"}),
                               workspace) == "device=cpu"  # fmt: skip
     # by key, whichever study names the shared point: one name for its runs
-    assert study.what_differs(study.Point("depth", 4, {"train.lr": 0.01, "model.depth": 4}),
+    assert study.what_differs(Point("depth", 4, {"train.lr": 0.01, "model.depth": 4}),
                               workspace) == "depth=4 lr=0.01"  # fmt: skip
 
 
@@ -413,41 +644,6 @@ def test_failures_are_counted_per_variant_and_the_worse_variant_named() -> None:
     )
 
 
-def test_a_points_code_is_the_last_commit_that_changed_it(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    import subprocess
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-
-    monkeypatch.chdir(tmp_path)
-    git("init", "-q")
-    (tmp_path / "pipeline").mkdir()
-    for name in ("dvc.yaml", "pipeline/train.py", "README.md"):
-        (tmp_path / name).write_text("one\n")
-    git("add", "-A")
-    git("commit", "-qm", "code")
-    code = git("rev-parse", "HEAD").strip()
-    (tmp_path / "README.md").write_text("two\n")  # a summary or a README: not the code
-    git("commit", "-qam", "docs")
-    docs = git("rev-parse", "HEAD").strip()
-    workspace = study.Experiment("workspace", "", "", "success", {}, {"pipeline/train.py": "h"})
-    assert study.code_commit(workspace) == code
-    run_from_docs = study.Experiment("e", "e1", "", "success", {}, {"pipeline/train.py": "h"},
-                                     baseline=docs)  # fmt: skip
-    assert study.code_commit(run_from_docs) == code
-    (tmp_path / "pipeline" / "train.py").write_text("changed\n")
-    assert study.code_commit(workspace) == "uncommitted changes"
-    assert study.code_commit(run_from_docs) == code  # an experiment's code is committed
-
-
 def test_the_code_sentence_names_each_commit_and_its_points() -> None:
     assert study_report.code_sentence({2: "a" * 40, 4: "a" * 40, 10: "b" * 40}, "depth") == (
         "Computed with the pipeline at commit aaaaaaa (depth = 2, 4) and bbbbbbb (depth = 10)."
@@ -563,8 +759,8 @@ def test_a_point_missing_its_statistics_is_partial() -> None:
             raise FileNotFoundError(path)
         return json.dumps({"layers": {}})
 
-    point = study.Experiment("fox", "e" * 40, "", "success", {}, {})
-    assert study.read_results(point, read) == (
+    point = Experiment("fox", "e" * 40, "", "success", {})
+    assert experiments.read_results(point, read) == (
         "partial: no reports/statistics.json at eeeeeee (fox)"
     )
 
@@ -574,12 +770,13 @@ def test_a_point_missing_its_statistics_is_partial() -> None:
 
 @pytest.fixture
 def summary_setup(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, params_dict: dict) -> dict:
-    """A temporary folder to summarize in; study's DVC, git and MLflow calls
-    replaced; returns what tag_runs was called with, and the params."""
+    """A temporary folder with DVC_YAML to summarize in; study's DVC, git and
+    MLflow calls replaced; returns what tag_runs was called with, and the params."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(study, "same_code_as_workspace", same_code)
+    (tmp_path / "dvc.yaml").write_text(DVC_YAML)
+    monkeypatch.setattr(study, "same_recipe", same_code)
     monkeypatch.setattr(study, "workspace_current", lambda: True)
-    monkeypatch.setattr(study, "code_commit", lambda point: point.baseline or "c" * 40)
+    monkeypatch.setattr(study, "code_commit", lambda point, recipe: point.baseline or "c" * 40)
     tagged: list[tuple] = []
     monkeypatch.setattr(study, "tag_runs", lambda *args: tagged.append(args))
     params_dict["visualize"]["dpi"] = 30
@@ -612,7 +809,7 @@ def test_points_whose_results_cannot_be_read_are_no_results(
     def unreadable(path: str, rev: str) -> str:
         raise FileNotFoundError(path)
 
-    monkeypatch.setattr(study, "_read_at", unreadable)
+    monkeypatch.setattr(experiments, "_read_at", unreadable)
     for key, content in results(LEARNT_BN, [0.95, 0.96, 0.94, 0.95, 0.95]).items():
         path = (
             paths.STATISTICS_FILE
@@ -666,9 +863,9 @@ def test_the_summary_writes_the_report_and_tags_the_points(
         key = "statistics" if path == str(paths.STATISTICS_FILE) else Path(path).stem
         return json.dumps(at_depth_2[key])
 
-    monkeypatch.setattr(study, "_read_at", read_at)
+    monkeypatch.setattr(experiments, "_read_at", read_at)
     monkeypatch.setattr(study, "exp_show", lambda: shown(
-        record("workspace", 10), ("d2", record("e1", 2)), ("d4-old", record("e2", 4, code="c2")),
+        record("workspace", 10), ("d2", record("e1", 2)), ("d4-old", record("old-e2", 4)),
     ))  # fmt: skip
     named = studies(depth={"param": "model.depth", "values": [2, 4, 10], "fixed": {}})
     study.summarize(named, summary_setup["params"])

@@ -34,13 +34,13 @@ def study_commands(*make_args: str) -> list[str]:
     return [" ".join(line.removeprefix(prefix).split()) for line in done.stdout.splitlines()]
 
 
-def run(repo: Path, command: str) -> subprocess.CompletedProcess:
+def run(repo: Path, command: str, returncode: int = 0) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items()
            if k not in ("MLFLOW_TRACKING_URI", "PIPELINE_RUN_ID")}  # fmt: skip
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # python, dvc
     done = subprocess.run(shlex.split(command), cwd=repo, env=env, capture_output=True, text=True,
                           check=False, timeout=1200)  # fmt: skip
-    assert done.returncode == 0, f"{command}\n{done.stdout}\n{done.stderr}"
+    assert done.returncode == returncode, f"{command}\n{done.stdout}\n{done.stderr}"
     return done
 
 
@@ -138,11 +138,50 @@ def test_running_the_studies_again_computes_nothing(repo: Path) -> None:
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "the summaries")  # HEAD moves past the points
     before = experiments(repo)
-    summaries = {p.name: p.read_text() for p in (repo / "reports" / "study").glob("*.md")}
+    written = summaries(repo)
     outputs = [run(repo, command) for command in study_commands()]
     assert "nothing to queue" in outputs[1].stderr
     assert experiments(repo) == before
-    assert {p.name: p.read_text() for p in (repo / "reports" / "study").glob("*.md")} == summaries
+    assert summaries(repo) == written
+
+
+def summaries(repo: Path) -> dict[str, str]:
+    return {p.name: p.read_text() for p in (repo / "reports" / "study").glob("*.md")}
+
+
+def test_a_report_edit_queues_nothing_and_leaves_the_summaries(repo: Path) -> None:
+    why = repo / "pipeline" / "report" / "why.py"
+    original = why.read_text()
+    why.write_text(original + "# a sentence reworded\n")  # visualize's outputs: out of date
+    before, written = experiments(repo), summaries(repo)
+    # `make study` but its `dvc repro` (which would redraw only visualize's
+    # outputs; `make paper` has none): the workspace's point stays current too
+    outputs = [run(repo, c) for c in study_commands() if c != "dvc repro"]
+    assert "nothing to queue" in outputs[0].stderr
+    assert experiments(repo) == before
+    assert summaries(repo) == written  # the same numbers, the same commit of the code
+    why.write_text(original)
+
+
+def test_a_training_edit_makes_every_point_stale(repo: Path) -> None:
+    training = repo / "pipeline" / "nn" / "training.py"
+    original = training.read_text()
+    training.write_text(original + "# a comment\n")
+    names = {setting(r): name for name, r in experiments(repo).items()}
+    written = summaries(repo)
+    refused = run(repo, "python -m pipeline.study summarize", returncode=1).stderr
+    workspace = "the workspace's outputs are not up to date (`dvc status`): run `make run`"
+    assert (f"no point of study depth has results (2: stale: {names[2, 0.01]} ran other code; "
+            f"3: {workspace}): run `make study STUDY=depth`") in refused  # fmt: skip
+    assert (f"no point of study lr has results (0.01: stale: {names[2, 0.01]} ran other code; "
+            f"1000.0: stale: {names[2, 1000.0]} ran other code)") in refused  # fmt: skip
+    assert summaries(repo) == written  # refused: nothing written
+    queued = run(repo, "python -m pipeline.study queue").stderr
+    assert "dvc exp run --queue -S model.depth=2\n" in queued  # the point both studies share
+    assert "dvc exp run --queue -S train.lr=1000.0 -S model.depth=2\n" in queued
+    assert dvc(repo, "queue", "status").stdout.count("Queued") == 2
+    dvc(repo, "queue", "remove", "--all")
+    training.write_text(original)
 
 
 def test_a_new_value_queues_only_that_point(repo: Path) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import tracking
+from pipeline import lineage, tracking
 from pipeline.tracking import store
 from pipeline.tracking import tracker as tracker_module
 
@@ -69,12 +69,12 @@ def test_processes_creating_a_fresh_store_at_once_all_succeed(tmp_path: Path) ->
 
 
 def test_execution_id_from_the_environment_wins() -> None:
-    assert tracking.pipeline_run_id({"PIPELINE_RUN_ID": "nightly-42"}) == "nightly-42"
+    assert lineage.pipeline_run_id({"PIPELINE_RUN_ID": "nightly-42"}) == "nightly-42"
 
 
 def test_stages_under_one_dvc_process_share_an_execution_id(tmp_path: Path) -> None:
     # A stand-in for `dvc repro`: a program called dvc that runs two "stages".
-    child = "import os; from pipeline.tracking import pipeline_run_id as p; print(p(os.environ))"
+    child = "import os; from pipeline.lineage import pipeline_run_id as p; print(p(os.environ))"
     fake = tmp_path / "dvc"
     fake.write_text(
         f"#!{sys.executable}\nimport subprocess, sys\n"
@@ -94,7 +94,7 @@ def test_stages_under_one_dvc_process_share_an_execution_id(tmp_path: Path) -> N
 
 def test_outside_dvc_each_process_gets_its_own_id() -> None:
     environ = {k: v for k, v in os.environ.items() if k != "PIPELINE_RUN_ID"}
-    code = "import os; from pipeline.tracking import pipeline_run_id as p; print(p(os.environ))"
+    code = "import os; from pipeline.lineage import pipeline_run_id as p; print(p(os.environ))"
     ids = {
         subprocess.run(
             [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=environ
@@ -106,7 +106,7 @@ def test_outside_dvc_each_process_gets_its_own_id() -> None:
 
 def test_run_tags(tmp_path: Path) -> None:
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
-    tags = tracking.run_tags(
+    tags = lineage.run_tags(
         "bn", 3, "cpu (1 thread)", "abc", {"DVC_EXP_NAME": "lucky-fox"}, tmp_path
     )
     assert tags == {
@@ -116,7 +116,7 @@ def test_run_tags(tmp_path: Path) -> None:
         "pipeline_run_id": "abc",
         "dvc_exp_name": "lucky-fox",
     }  # no commit yet: no commit tag
-    parent = tracking.run_tags("bn", None, "cpu (1 thread)", "abc", {}, tmp_path)
+    parent = lineage.run_tags("bn", None, "cpu (1 thread)", "abc", {}, tmp_path)
     assert "seed" not in parent and parent["pipeline_run_id"] == "abc"
 
 
@@ -131,11 +131,11 @@ def test_run_tags(tmp_path: Path) -> None:
     ],
 )
 def test_which_processes_count_as_dvc(cmdline: list[str], expected: bool) -> None:
-    assert store._is_dvc(cmdline) is expected
+    assert lineage._is_dvc(cmdline) is expected
 
 
 def finished_run(uri: str) -> str:
-    with tracking.Tracker(uri, "e") as tracker, tracker.run("r", {}, {}) as run:
+    with tracking.Tracker(uri, "e").run("r", {}, {}) as run:
         pass
     return run.run_id
 
@@ -147,10 +147,10 @@ def test_log_to_run_adds_to_a_finished_run_and_skips_a_missing_one(tmp_path: Pat
     run_id = finished_run(uri)
     figure = tmp_path / "figure.png"
     figure.write_bytes(b"png")
-    with tracking.Tracker(uri, "stage-test") as tracker:
-        first = tracker.log_to_run(run_id, metrics={"eval/x": 0.5}, dicts={"d/c.json": [[1, 2]]})
-        missing = tracker.log_to_run("0" * 32, metrics={"eval/x": 1.0})  # not in the store
-        last = tracker.log_to_run(run_id, files=[figure], folder="report", name="renamed")
+    tracker = tracking.Tracker(uri, "stage-test")
+    first = tracker.log_to_run(run_id, metrics={"eval/x": 0.5}, dicts={"d/c.json": [[1, 2]]})
+    missing = tracker.log_to_run("0" * 32, metrics={"eval/x": 1.0})  # not in the store
+    last = tracker.log_to_run(run_id, files=[figure], folder="report", name="renamed")
     assert [first, missing, last] == [True, False, True]
     client = MlflowClient(uri)
     run = client.get_run(run_id)
@@ -170,18 +170,18 @@ def test_a_tracker_run_is_logged_and_ended(tmp_path: Path) -> None:
     model = DeepMLP(2, 8, batchnorm=True).eval()
     (tmp_path / "final.pt").write_bytes(b"checkpoint")
     example = torch.rand(3, 784)
-    with tracking.Tracker(uri, "stage-test", models=True) as tracker:
-        with tracker.run("r", {"variant": "bn"}, {"lr": 0.1}) as run:
-            run.log_epoch(1, {"loss": 2.0})
-            run.log_epoch(2, {"loss": 1.0})
-            run.log_files([tmp_path / "final.pt"], "checkpoints")
-            model_uri = run.log_model(model, example.numpy(), "bn-seed0", {"seed": "0"})
-        run_id = run.run_id
+    tracker = tracking.Tracker(uri, "stage-test", models=True)
+    with tracker.run("r", {"variant": "bn"}, {"lr": 0.1}) as run:
+        run.log_epoch(1, {"loss": 2.0})
+        run.log_epoch(2, {"loss": 1.0})
+        run.log_files([tmp_path / "final.pt"], "checkpoints")
+        model_uri = run.log_model(model, example.numpy(), "bn-seed0", {"seed": "0"})
+    run_id = run.run_id
     client = MlflowClient(uri)
     logged = client.get_run(run_id)
     assert logged.info.status == "FINISHED"
     assert logged.data.params == {"lr": "0.1"} and logged.data.tags["variant"] == "bn"
-    assert logged.data.tags[tracker_module.ATTEMPT] == tracker_module.attempt()
+    assert logged.data.tags[tracker_module.ATTEMPT] == lineage.attempt()
     assert [m.value for m in client.get_metric_history(run_id, "loss")] == [2.0, 1.0]
     assert [f.path for f in client.list_artifacts(run_id, "checkpoints")] == [
         "checkpoints/final.pt"
@@ -202,9 +202,9 @@ def test_a_tracker_run_left_by_an_error_ends_killed_or_failed(
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = tracking.Tracker(uri, "stage-test")
     with (
         pytest.raises(error),
-        tracking.Tracker(uri, "stage-test") as tracker,
         tracker.run("r", {}, {}) as run,
     ):
         run.log_epoch(1, {"loss": 2.0})
@@ -236,7 +236,7 @@ def test_epoch_metrics_never_wait_for_the_store(tmp_path: Path, monkeypatch) -> 
         return original(self, run_id, metrics, params, tags)
 
     monkeypatch.setattr(SqlAlchemyStore, "log_batch", held)
-    with tracking.Tracker(uri, "stage-test") as tracker, tracker.run("r", {}, {}) as run:
+    with tracking.Tracker(uri, "stage-test").run("r", {}, {}) as run:
         for epoch in (1, 2, 3):
             run.log_epoch(epoch, {"loss": 1.0 / epoch})
         assert writes == []  # none written yet, and the loop went on
@@ -264,9 +264,9 @@ def test_an_asynchronous_write_that_failed_fails_the_run_by_name(
         return original(self, run_id, metrics, params, tags)
 
     monkeypatch.setattr(SqlAlchemyStore, "log_batch", refused)
+    tracker = tracking.Tracker(uri, "stage-test")
     with (
         pytest.raises(PipelineError, match=r"^MLflow \(log_epoch\): .*the store is full"),
-        tracking.Tracker(uri, "stage-test") as tracker,
         tracker.run("r", {}, {}) as run,
     ):
         run.log_epoch(1, {"loss": 1.0})
@@ -277,8 +277,8 @@ def test_an_asynchronous_write_that_failed_fails_the_run_by_name(
 
 def test_the_tracker_never_creates_a_store_to_log_to_a_run(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    with tracking.Tracker(uri, "stage-test") as tracker:
-        assert tracker.log_to_run("0" * 32, metrics={"x": 1.0}) is False
+    tracker = tracking.Tracker(uri, "stage-test")
+    assert tracker.log_to_run("0" * 32, metrics={"x": 1.0}) is False
     assert not (tmp_path / "mlflow.db").exists()
 
 
@@ -288,9 +288,9 @@ def test_a_failed_call_is_a_pipeline_error_naming_it(tmp_path: Path) -> None:
     from pipeline.errors import PipelineError
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = tracking.Tracker(uri, "stage-test")
     with (
         pytest.raises(PipelineError, match=r"^MLflow \(log_artifact\): .*gone\.png"),
-        tracking.Tracker(uri, "stage-test") as tracker,
         tracker.run("r", {}, {}) as run,
     ):
         run.log_files([tmp_path / "gone.png"], "x")
@@ -303,8 +303,8 @@ def test_a_parent_run_with_nested_runs_open_at_once(tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = tracking.Tracker(uri, "stage-test")
     with (
-        tracking.Tracker(uri, "stage-test") as tracker,
         tracker.run("bn", {"variant": "bn"}, {"lr": 0.1}) as parent,
         tracker.run("bn-seed0", {"seed": "0"}, {"lr": 0.1}, parent) as first,
         tracker.run("bn-seed1", {"seed": "1"}, {"lr": 0.1}, parent) as second,
@@ -329,9 +329,9 @@ def test_a_parent_run_with_nested_runs_open_at_once(tmp_path: Path) -> None:
 
 KILLED_MID_RUN = """
 import sys, time
-from pipeline import tracking
+from pipeline import lineage, tracking
+tracker = tracking.Tracker(sys.argv[1], "stage-test")
 with (
-    tracking.Tracker(sys.argv[1], "stage-test") as tracker,
     tracker.run("bn", {"stage": sys.argv[2]}, {}) as parent,
     tracker.run("bn-seed0", {"stage": sys.argv[2]}, {}, parent) as first,
     tracker.run("bn-seed1", {"stage": sys.argv[2]}, {}, parent) as second,
@@ -355,16 +355,16 @@ def test_runs_a_killed_stage_left_running_are_ended_by_its_next_run(tmp_path: Pa
     client = MlflowClient(uri)
     assert {client.get_run(r).info.status for r in killed + other} == {"RUNNING"}
     # this process's own runs are live: never ended, whatever their tags
-    with tracking.Tracker(uri, "stage-test") as tracker:
-        live = tracker.run("live", {"stage": "train"}, {})
-        with live as mine:
-            assert sorted(tracker.end_abandoned({"stage": "train"})) == sorted(killed)
-            assert client.get_run(mine.run_id).info.status == "RUNNING"
-        assert tracker.end_abandoned({"stage": "train"}) == []  # a second look finds none
+    tracker = tracking.Tracker(uri, "stage-test")
+    live = tracker.run("live", {"stage": "train"}, {})
+    with live as mine:
+        assert sorted(tracker.end_abandoned({"stage": "train"})) == sorted(killed)
+        assert client.get_run(mine.run_id).info.status == "RUNNING"
+    assert tracker.end_abandoned({"stage": "train"}) == []  # a second look finds none
     for run_id in killed:
         run = client.get_run(run_id)
         assert run.info.status == "KILLED"
-        assert "was killed; ended by a later run of the stage" in run.data.tags["failure_reason"]
+        assert "was killed; a later run ended it" in run.data.tags["failure_reason"]
     # the other stage's process lives: its runs are left running
     assert {client.get_run(r).info.status for r in other} == {"RUNNING"}
     started[1].kill()
@@ -376,24 +376,24 @@ def test_an_attempt_of_another_host_or_a_reused_pid_is_told_apart() -> None:
 
     import psutil
 
-    here = tracker_module.attempt()
-    assert not tracker_module.process_gone(here)
-    assert tracker_module.process_gone(here.rsplit(" ", 1)[0] + " 1.5")  # pid reused since
-    assert not tracker_module.process_gone(f"elsewhere-{socket.gethostname()} pid 1 started 1.0")
-    assert not tracker_module.process_gone("")
+    here = lineage.attempt()
+    assert not lineage.process_gone(here)
+    assert lineage.process_gone(here.rsplit(" ", 1)[0] + " 1.5")  # pid reused since
+    assert not lineage.process_gone(f"elsewhere-{socket.gethostname()} pid 1 started 1.0")
+    assert not lineage.process_gone("")
     gone = max(psutil.pids()) + 100_000
-    assert tracker_module.process_gone(f"{socket.gethostname()} pid {gone} started 1.0")
+    assert lineage.process_gone(f"{socket.gethostname()} pid {gone} started 1.0")
 
 
 FAILS_MID_RUN = """
 import sys
 from pathlib import Path
-from pipeline import tracking
+from pipeline import lineage, tracking
 from pipeline.cli import run_stage
 
 def main(argv):
+    tracker = tracking.Tracker(sys.argv[1], "stage-test")
     with (
-        tracking.Tracker(sys.argv[1], "stage-test") as tracker,
         tracker.run("r", {}, {}) as run,
     ):
         run.log_files([Path(sys.argv[2])], "x")

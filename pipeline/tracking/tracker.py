@@ -1,17 +1,12 @@
 """A stage's MLflow calls, made in the stage's own process.
 
 Importing MLflow and opening its store cost about 2 s of CPU: a Tracker
-starts both in a thread when it is made, so that they overlap the stage's
-reading of its data, and waits for them before its first call. The
-per-epoch metrics go through MLflow's asynchronous logging, so that a slow
-server never stalls an epoch; a run waits for them before it ends.
-
-A run ends FINISHED; KILLED when interrupted (Ctrl-C, SIGTERM); FAILED
-otherwise, with the reason in the tag `failure_reason`. A stage killed
-outright (SIGKILL) cannot end its runs: each run carries the tag `attempt`
-(host, pid and start time of its process), and a later run of the same
-stage ends as KILLED the runs that a dead process of this host left RUNNING
-(`end_abandoned`).
+starts both in a thread, overlapping the stage's reading of its data. The
+per-epoch metrics use MLflow's asynchronous logging: a slow server never
+stalls an epoch. A run ends FINISHED; KILLED when interrupted (Ctrl-C,
+SIGTERM); FAILED otherwise, the reason in the tag `failure_reason`. A stage
+killed outright (SIGKILL) cannot end its runs: a later run of the stage
+does (`end_abandoned`), by their tag `attempt` (lineage.attempt).
 """
 
 from __future__ import annotations
@@ -20,8 +15,6 @@ import contextlib
 import functools
 import hashlib
 import logging
-import os
-import socket
 import threading
 import time
 import warnings
@@ -29,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline import lineage
 from pipeline.errors import PipelineError
 from pipeline.tracking import access, served_model
 from pipeline.tracking.store import check_reachable, is_server, prepare_experiment, sqlite_path
@@ -39,17 +33,14 @@ if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
 log = logging.getLogger("tracking")
-ATTEMPT = "attempt"  # the tag naming the process that opened a run (`attempt()`)
+ATTEMPT = "attempt"  # the tag naming the process that opened a run
 
 
 class Tracker:
-    """One stage's MLflow store and experiment. On a tracking server, the
-    constructor waits until the server let these credentials write to
-    `experiment` (access.py): a refused login fails the stage before it
-    reads any data, and leaves no run. A local store has no logins: there
-    MLflow loads while the stage reads its data. With `models`, what
-    logging a model needs (torch.export's tracer, MLflow's pytorch flavor)
-    loads in the same thread."""
+    """One stage's MLflow store and experiment. On a tracking server the
+    constructor waits for the login check (access.py): a refused login
+    fails the stage before it reads any data, and leaves no run. With
+    `models`, what logging a model needs loads in the same thread."""
 
     def __init__(self, uri: str, experiment: str, models: bool = False) -> None:
         check_reachable(uri)  # a dead server fails the stage now
@@ -61,16 +52,9 @@ class Tracker:
         if is_server(uri):
             self.ready()
 
-    def __enter__(self) -> Tracker:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        """Nothing to close: every run ends with its own `with` block."""
-
     def _load(self, models: bool) -> None:
-        # MLflow's modules must not be imported by two threads at once (its
-        # protobuf descriptors fail to build): every method that imports
-        # them in the stage's thread waits for this one first (ready()).
+        # Two threads must not import MLflow at once (its protobuf
+        # descriptors fail to build): the stage's methods call ready() first.
         try:
             with self.call("check_access"):
                 import mlflow
@@ -94,7 +78,7 @@ class Tracker:
 
     @functools.cached_property
     def client(self) -> MlflowClient:
-        self.ready()
+        self.experiment_id()  # a new store is created under prepare_experiment's lock
         from mlflow.tracking import MlflowClient
 
         return MlflowClient(self.uri)
@@ -108,9 +92,9 @@ class Tracker:
 
     @contextlib.contextmanager
     def call(self, op: str, what: str | None = None) -> Iterator[None]:
-        """MLflow's failures in `op` as one line: a refusal (401, or the auth
-        app's 403) as access.py words it, naming `what` (by default the
-        stage's experiment); others as "MLflow (op): ..."."""
+        """MLflow's failures in `op` as one line: a refusal as access.py
+        words it, naming `what` (default: the experiment); others as
+        "MLflow (op): ..."."""
         from mlflow.exceptions import MlflowException
 
         try:
@@ -128,8 +112,7 @@ class Tracker:
         self, name: str, tags: dict[str, str], params: dict[str, Any], parent: Run | None = None
     ) -> Iterator[Run]:
         """A run in the stage's experiment, nested under `parent` if given,
-        with tags (MLflow's own added: user, source, git commit; and
-        `attempt`) and params."""
+        with tags (and MLflow's own: user, source, git commit) and params."""
         self.ready()  # before any import of MLflow's here (see _load)
         from mlflow.entities import Param
         from mlflow.tracking.context.registry import resolve_tags
@@ -137,13 +120,12 @@ class Tracker:
 
         with self.call("start_run"):
             experiment_id = self.experiment_id()
-            tags = tags | {ATTEMPT: attempt()}
+            tags = tags | {ATTEMPT: lineage.attempt()}
             if parent is not None:
                 tags |= {MLFLOW_PARENT_RUN_ID: parent.run_id}
             created = self.client.create_run(experiment_id, tags=resolve_tags(tags), run_name=name)
             run = Run(self, created.info.run_id, experiment_id)
-            logged = [Param(key, str(value)) for key, value in params.items()]
-            self.client.log_batch(run.run_id, params=logged)
+            self.client.log_batch(run.run_id, params=[Param(k, str(v)) for k, v in params.items()])
         try:
             yield run
             with self.call("end_run"):
@@ -156,27 +138,20 @@ class Tracker:
             raise
 
     def end_abandoned(self, tags: dict[str, str]) -> list[str]:
-        """End as KILLED the runs with these tags that are still RUNNING but
-        whose process, on this host, is gone (killed before it could end
-        them); their ids. Runs of other hosts are left: whether their
-        process lives cannot be told from here."""
+        """End as KILLED the RUNNING runs with these tags whose process, on
+        this host, is gone; their ids. Other hosts' runs are left: whether
+        their process lives cannot be told from here."""
         self.ready()
         conditions = [f"tags.`{key}` = '{value}'" for key, value in tags.items()]
+        query = " and ".join([*conditions, "attributes.status = 'RUNNING'"])
         with self.call("search_runs"):
-            found = self.client.search_runs(
-                [self.experiment_id()], " and ".join([*conditions, "attributes.status = 'RUNNING'"])
-            )
-        ended = []
-        for run in found:
-            process = run.data.tags.get(ATTEMPT, "")
-            if process_gone(process):
-                Run(self, run.info.run_id, run.info.experiment_id).end(
-                    "KILLED", f"its stage ({process}) was killed; ended by a later run of the stage"
-                )
-                ended.append(run.info.run_id)
-        if ended:
-            log.warning("ended %d MLflow run(s) left RUNNING by a killed stage", len(ended))
-        return ended
+            found = self.client.search_runs([self.experiment_id()], query)
+        ended = [r for r in found if lineage.process_gone(r.data.tags.get(ATTEMPT, ""))]
+        for run in ended:
+            reason = f"its stage ({run.data.tags[ATTEMPT]}) was killed; a later run ended it"
+            Run(self, run.info.run_id, run.info.experiment_id).end("KILLED", reason)
+            log.warning("MLflow run %s: %s", run.info.run_id, reason)
+        return [run.info.run_id for run in ended]
 
     def log_to_run(
         self,
@@ -190,10 +165,9 @@ class Tracker:
         name: str | None = None,
     ) -> bool:
         """Add metrics, JSON artifacts, files and tags to a finished run (one
-        the train stage recorded), and rename it if `name` is given, leaving
-        it finished. False (and a warning) when the store does not have the
-        run, e.g. models pulled from a DVC remote that were trained
-        elsewhere; a store is never created to look."""
+        the train stage recorded), renamed if `name` is given. False (and a
+        warning) when the store lacks the run (models pulled from a DVC
+        remote, trained elsewhere); a store is never created to look."""
         self.ready()  # before any import of MLflow's here (see _load)
         from mlflow.entities import Metric, RunTag
         from mlflow.exceptions import MlflowException
@@ -239,9 +213,8 @@ class Run:
         now = int(time.time() * 1000)
         entries = [Metric(key, float(value), now, epoch) for key, value in metrics.items()]
         with self.tracker.call("log_epoch"):
-            self.pending.append(
-                self.tracker.client.log_batch(self.run_id, metrics=entries, synchronous=False)
-            )
+            logged = self.tracker.client.log_batch(self.run_id, metrics=entries, synchronous=False)
+            self.pending.append(logged)
 
     def caught_up(self) -> None:
         """Wait until every asynchronous call was made; raise if one failed."""
@@ -253,8 +226,7 @@ class Run:
         from mlflow.entities import RunTag
 
         with self.tracker.call("set_tags"):
-            runs_tags = [RunTag(k, v) for k, v in tags.items()]
-            self.tracker.client.log_batch(self.run_id, tags=runs_tags)
+            self.tracker.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
     def log_files(self, paths: Sequence[Path], folder: str) -> None:
         with self.tracker.call("log_artifact"):
@@ -282,9 +254,8 @@ class Run:
     def log_model(
         self, network: torch.nn.Module, example: np.ndarray, name: str, tags: dict[str, str]
     ) -> str:
-        """Log `network` (on the CPU, in eval mode) as an MLflow model named
-        `name` (served_model.py: loads and predicts anywhere), with `tags` and
-        an input example (N, 784); its URI."""
+        """Log `network` (CPU, eval mode) as the MLflow model `name`
+        (served_model.py), with `tags` and an input example (N, 784); its URI."""
         import mlflow
         import torch
         from mlflow.models import Model
@@ -306,8 +277,8 @@ class Run:
             ).model_uri
 
     def end(self, status: str, reason: str) -> None:
-        """End the run with `status`, the reason in the tag `failure_reason`.
-        A failure being reported: a problem doing so is logged, never raised."""
+        """End the run with `status`, `reason` in the tag `failure_reason`;
+        a problem doing so is logged, never raised over the failure."""
         try:
             client = self.tracker.client
             client.set_tag(self.run_id, "failure_reason", reason[:5000])  # MLflow's limit
@@ -316,38 +287,14 @@ class Run:
             log.warning("could not mark the MLflow run %s %s: %s", self.run_id, status, err)
 
 
-def attempt() -> str:
-    """This process, as the tag `attempt` names it: "host pid 123 started 1765.25"."""
-    import psutil
-
-    started = psutil.Process().create_time()
-    return f"{socket.gethostname()} pid {os.getpid()} started {started}"
-
-
-def process_gone(attempt_tag: str) -> bool:
-    """Whether the process an `attempt` tag names ran on this host and is
-    gone (a pid reused since by another process counts as gone)."""
-    import psutil
-
-    host, _, pid, _, started = (attempt_tag.split(" ") + [""] * 5)[:5]
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        return str(psutil.Process(int(pid)).create_time()) != started
-    except psutil.NoSuchProcess:
-        return True
-
-
 def prepare_model_logging() -> None:
-    """Load what log_model needs (about 2 s), before the first model waits for it."""
-    # Both are private and only save time: a change in torch or MLflow
-    # makes the first log_model slower, not wrong.
+    """Load what log_model needs (about 2 s). Both private names only save
+    time: a change in torch or MLflow makes the first log_model slower."""
     with contextlib.suppress(Exception):
         import torch.export._trace  # noqa: F401 - export's tracer: torch._dynamo, ~1 s
     import mlflow.pytorch  # noqa: F401
     from mlflow.utils import requirements_utils
 
-    # log_model checks the pinned requirements against the installed
-    # packages; the map of those it builds on first use takes ~0.6 s.
+    # the map of installed packages log_model checks requirements with: ~0.6 s
     with contextlib.suppress(Exception):
         requirements_utils._init_packages_to_modules_map()
