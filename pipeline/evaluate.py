@@ -27,11 +27,20 @@ from pipeline.cli import run_stage, stage_parser
 from pipeline.data.mnist import load_split, scale_images
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_write_json, atomic_write_text
+from pipeline.format import failed_cell, show_interval
 from pipeline.nn.checkpoint import checkpoints_of, load_checkpoint
 from pipeline.nn.model import CLASSES, VARIANTS, DeepMLP
 from pipeline.params import Params, load_params
-from pipeline.stats import DIVERGED, LEARNT, NOT_LEARNING, estimate, failures, finite_or_none, outcome, paired
-from pipeline.format import failed_cell, show_interval
+from pipeline.stats import (
+    DIVERGED,
+    LEARNT,
+    NOT_LEARNING,
+    estimate,
+    failures,
+    finite_or_none,
+    outcome,
+    paired,
+)
 
 log = logging.getLogger("evaluate")
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from statistics import fmean, median
 from typing import Any
 
+from pipeline.format import failed_cell, pct, show_interval
 from pipeline.report import why
 from pipeline.report.document import Block, Heading, Image, Paragraph, Table
 from pipeline.report.figures import LABELS, History
@@ -23,7 +24,6 @@ from pipeline.report.original_post import (
     reproduction,
 )
 from pipeline.stats import CHANCE, DIVERGED, NEAR_CHANCE, NOT_LEARNING, mean_std
-from pipeline.format import failed_cell, pct, show_interval
 
 
 @dataclass(frozen=True)

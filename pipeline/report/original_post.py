@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import math
 
+from pipeline.format import pct, show_interval
 from pipeline.report.document import Table
 from pipeline.report.figures import LABELS
 from pipeline.stats import LEARNT, difference_prediction, estimate
-from pipeline.format import pct, show_interval
 
 # The original post (the seed of this project): one model per variant, one
 # run each, PyTorch defaults; its printed test results after 9 epochs.

@@ -26,14 +26,14 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from pipeline.format import failed_cell, show_interval
 from pipeline.nn.diagnostics import PERCENTILES, TYPICAL_UNIT
 from pipeline.nn.model import VARIANTS
 from pipeline.nn.training import batch_starts
 from pipeline.report.document import Block, Heading, Image, Paragraph, Table
 from pipeline.report.figures import COLORS, LABELS
-from pipeline.stats import LEARNT, paired
-from pipeline.format import failed_cell, show_interval
 from pipeline.report.study_report import code_sentence, held_fixed, listing, show
+from pipeline.stats import LEARNT, paired
 
 TRAIN_IMAGES = 60_000  # MNIST's training set: steps per epoch = its batches
 ACCURACY_FIGURE, PERCENTILE_FIGURE = "{}_accuracy.png", "{}_percentiles.png"

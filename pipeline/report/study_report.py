@@ -21,11 +21,11 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from pipeline.format import show_interval
 from pipeline.nn.model import VARIANTS
 from pipeline.report.document import Block, Heading, Image, Paragraph, Table
 from pipeline.report.figures import COLORS, LABELS
 from pipeline.stats import DIVERGED, NEAR_CHANCE, NOT_LEARNING
-from pipeline.format import show_interval
 
 ACCURACY_FIGURE, DIAGNOSTICS_FIGURE = "{}_accuracy.png", "{}_diagnostics.png"
 WHY_SEPARATE = (
