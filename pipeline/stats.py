@@ -49,7 +49,6 @@ def failures(outcomes: Sequence[str]) -> dict:
     }
 
 
-
 def finite_or_none(value: float) -> float | None:
     """JSON has no NaN: a diverged seed's loss is written as null."""
     return value if math.isfinite(value) else None
@@ -146,7 +145,6 @@ def difference_prediction(a: Sequence[float], b: Sequence[float]) -> tuple[float
     freedom = sum(parts) ** 2 / sum(p**2 / (len(x) - 1) for p, x in zip(parts, (a, b), strict=True))
     half = stats.t.ppf((1 + CONFIDENCE) / 2, freedom) * math.sqrt(sum(parts))
     return mean - half, mean + half
-
 
 
 def _pair(interval: Iterable[float]) -> tuple[float, float]:
