@@ -27,10 +27,11 @@ from pipeline.cli import run_stage, stage_parser
 from pipeline.data.mnist import load_split, scale_images
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_write_json, atomic_write_text
-from pipeline.format import failed_cell, show_interval
+from pipeline.format import accuracy_table, markdown_table
 from pipeline.nn.checkpoint import checkpoints_of, load_checkpoint
 from pipeline.nn.model import CLASSES, VARIANTS, DeepMLP
 from pipeline.params import Params, load_params
+from pipeline.results import Difference, Mean, Outcomes, SeedResult, Statistics, VariantStatistics
 from pipeline.stats import (
     DIVERGED,
     LEARNT,
@@ -97,7 +98,7 @@ def check_paired(evaluations: dict[str, dict[int, Evaluation]]) -> list[int]:
     return seeds["bn"]
 
 
-def summarize(evaluations: dict[str, dict[int, Evaluation]]) -> dict:
+def summarize(evaluations: dict[str, dict[int, Evaluation]]) -> Statistics:
     """reports/statistics.json. Per variant: how many seeds failed to learn
     and how (stats.failures, with an exact binomial interval); over the seeds
     that learnt, the mean, the sample std and the 95% t-interval of the mean.
@@ -107,52 +108,43 @@ def summarize(evaluations: dict[str, dict[int, Evaluation]]) -> dict:
     (or pair) stds, intervals and p-values are null (None); with none, the
     means too. Every seed stays in "per_seed", with its outcome."""
     seeds = check_paired(evaluations)
-    statistics: dict = {}
+    variants = {}
     for variant, by_seed in evaluations.items():
         learnt = [seed for seed in seeds if by_seed[seed].outcome == LEARNT]
-        entry: dict = {"seeds": len(seeds), "learnt": len(learnt)}
+        means = {}
         for key in KEYS:
             values = [getattr(by_seed[seed], key) for seed in learnt]
-            spread = estimate(values) if values else None
-            entry[key] = spread.mean if spread else None
-            entry[f"{key}_std"] = spread.std if spread else None
-            entry[f"{key}_ci95"] = _list(spread.ci95) if spread else None
-        entry["outcomes"] = failures([by_seed[seed].outcome for seed in seeds])
-        entry["per_seed"] = {
-            str(seed): {"test_accuracy": e.test_accuracy, "test_loss": finite_or_none(e.test_loss),
-                        "outcome": e.outcome}
-            for seed, e in sorted(by_seed.items())
-        }  # fmt: skip
-        statistics[variant] = entry
+            e = estimate(values) if values else None
+            means[key] = Mean(e.mean, e.std, e.ci95) if e else Mean(None, None, None)
+        variants[variant] = VariantStatistics(
+            seeds=len(seeds),
+            learnt=len(learnt),
+            **means,
+            outcomes=Outcomes.from_json(failures([by_seed[seed].outcome for seed in seeds])),
+            per_seed={str(seed): SeedResult(e.test_accuracy, finite_or_none(e.test_loss), e.outcome)
+                      for seed, e in sorted(by_seed.items())},
+        )  # fmt: skip
     both = [s for s in seeds if all(evaluations[v][s].outcome == LEARNT for v in VARIANTS)]
-    difference: dict = {"seeds": len(both)}
+    differences = {}
     for key in KEYS:
         bn, nobn = ([getattr(evaluations[v][seed], key) for seed in both] for v in ("bn", "nobn"))
         p = paired(bn, nobn) if both else None
-        difference[key] = p.mean if p else None
-        difference[f"{key}_std"] = p.std if p else None
-        difference[f"{key}_ci95"] = _list(p.ci95) if p else None
-        difference[f"{key}_p_value"] = p.p_value if p else None
-    statistics["bn_minus_nobn"] = difference
-    return statistics
+        differences[key] = Mean(p.mean, p.std, p.ci95, p.p_value) if p else Mean(None, None, None)
+    return Statistics(**variants, bn_minus_nobn=Difference(len(both), **differences))
 
 
-def compared(statistics: dict) -> dict:
+def compared(statistics: Statistics) -> dict:
     """reports/metrics.json, DVC's metrics: what `dvc exp show` compares
     experiments by, in one 120-column table beside two changed params. Mean
     test accuracy per variant over the seeds that learnt, and how many seeds
     failed to learn; BatchNorm's paired gain and its p-value (null with one
     seed); the intervals, losses and outcomes are in statistics.json."""
-    diff = statistics["bn_minus_nobn"]
+    gain = statistics.bn_minus_nobn.test_accuracy
     return {
-        variant: {"acc": statistics[variant]["test_accuracy"],
-                  "failed": statistics[variant]["outcomes"]["failed"]}
+        variant: {"acc": statistics.of(variant).test_accuracy.mean,
+                  "failed": statistics.of(variant).outcomes.failed}
         for variant in VARIANTS
-    } | {"gain": {"acc": diff["test_accuracy"], "p": diff["test_accuracy_p_value"]}}  # fmt: skip
-
-
-def _list(interval: tuple[float, float] | None) -> list[float] | None:
-    return list(interval) if interval is not None else None
+    } | {"gain": {"acc": gain.mean, "p": gain.p_value}}  # fmt: skip
 
 
 def details(evaluations: dict[str, dict[int, Evaluation]]) -> dict:
@@ -164,39 +156,6 @@ def details(evaluations: dict[str, dict[int, Evaluation]]) -> dict:
         }
         for variant, by_seed in evaluations.items()
     }
-
-
-def accuracy_table(statistics: dict) -> str:
-    """The Markdown table of reports/accuracy.md: accuracy and loss over the
-    seeds that learnt, beside how many failed to learn."""
-    lines = [
-        "| variant | seeds learnt | failed to learn (95% CI) | test accuracy (%) | std | 95% CI "
-        "| p (paired t-test) | test loss |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for variant in VARIANTS:
-        m = statistics[variant]
-        lines.append(
-            f"| {variant} | {m['learnt']} of {m['seeds']} | {failed_cell(m['outcomes'])} | "
-            f"{_points(m['test_accuracy'])} | {_points(m['test_accuracy_std'])} | "
-            f"{show_interval(m['test_accuracy_ci95'])} | | {_number(m['test_loss'], '.4f')} |"
-        )
-    diff = statistics["bn_minus_nobn"]
-    p_value = diff["test_accuracy_p_value"]
-    lines.append(
-        f"| bn - nobn | {diff['seeds']} pairs | | {_number(diff['test_accuracy'], '+.2f', 100)} | "
-        f"{_points(diff['test_accuracy_std'])} | {show_interval(diff['test_accuracy_ci95'], sign='+')} | "
-        f"{_number(p_value, '.2g')} | {_number(diff['test_loss'], '+.4f')} |"
-    )
-    return "\n".join(lines) + "\n"
-
-
-def _number(value: float | None, spec: str, scale: float = 1) -> str:
-    return "-" if value is None else f"{scale * value:{spec}}"
-
-
-def _points(fraction: float | None) -> str:
-    return "-" if fraction is None else f"{100 * fraction:.2f}"
 
 
 def parent_metrics(statistics: dict, variant: str) -> dict[str, float]:
@@ -258,11 +217,11 @@ def evaluate_all(params: Params, tracker: tracking.Tracker) -> None:
                 e.test_loss,
             )
     statistics = summarize(evaluations)
-    atomic_write_json(paths.STATISTICS_FILE, statistics)
+    atomic_write_json(paths.STATISTICS_FILE, statistics.to_json())
     atomic_write_json(paths.METRICS_FILE, compared(statistics), sort_keys=False)  # bn, nobn, gain
     atomic_write_json(paths.EVALUATION_FILE, details(evaluations))
-    atomic_write_text(paths.ACCURACY_TABLE, accuracy_table(statistics))
-    log_to_mlflow(evaluations, statistics, tracker)
+    atomic_write_text(paths.ACCURACY_TABLE, markdown_table(*accuracy_table(statistics)) + "\n")
+    log_to_mlflow(evaluations, statistics.to_json(), tracker)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

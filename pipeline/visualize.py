@@ -28,7 +28,8 @@ from pipeline.files import atomic_write_text, read_json, save_figure
 from pipeline.nn.checkpoint import checkpoints_of, load_checkpoint
 from pipeline.nn.model import VARIANTS, DeepMLP
 from pipeline.params import VisualizeParams, load_params
-from pipeline.report import comparison, document, figures, original_post, why
+from pipeline.report import comparison, document, figures, inputs, original_post
+from pipeline.results import Statistics
 
 log = logging.getLogger("visualize")
 RETRAIN = "run `dvc repro train_bn train_nobn`"
@@ -45,7 +46,7 @@ def input_figures(history: figures.History, model: dict) -> dict[str, Figure]:
     """The figures of the activations' inputs (the BatchNorm paper's Figure
     1(b, c), the gradient at each layer's activation input); none where the
     histories come from code that did not log them."""
-    if not why.has_diagnostics(history):
+    if not inputs.has_diagnostics(history):
         return {}
     # checkpoints from before the activation was a parameter trained ReLU networks
     activation = model.get("activation", "relu")
@@ -81,9 +82,7 @@ def draw_all(params: VisualizeParams, tracker: tracking.Tracker) -> None:
     batch = scale_images(images[: params.distribution_images])
     history = {v: read_json(paths.MODELS_DIR / v / paths.HISTORY_NAME, RETRAIN) for v in VARIANTS}
     evaluation = read_json(paths.EVALUATION_FILE, "run `dvc repro evaluate`")
-    statistics = read_json(paths.STATISTICS_FILE, "run `dvc repro evaluate`")
-    compared = ("bn", "nobn", "bn_minus_nobn")
-    post_accuracies = {v: original_post.post_accuracy(v) for v in VARIANTS}
+    statistics = Statistics.from_json(read_json(paths.STATISTICS_FILE, "run `dvc repro evaluate`"))
     confusions = {
         v: np.sum([np.array(s["confusion"]) for s in evaluation[v].values()], axis=0)
         for v in VARIANTS
@@ -102,12 +101,7 @@ def draw_all(params: VisualizeParams, tracker: tracking.Tracker) -> None:
         "layer_diagnostics": figures.layer_diagnostics(history),
         **input_figures(history, loaded["bn"][1]["params"]["model"]),
         "confusion_matrices": figures.confusion_matrices(confusions),
-        "seed_accuracies": figures.seed_accuracies(
-            {v: original_post.per_seed(statistics, v) for v in compared},
-            {v: statistics[v]["test_accuracy_ci95"] for v in compared},
-            post_accuracies | {"bn_minus_nobn": post_accuracies["bn"] - post_accuracies["nobn"]},
-            {v: original_post.learnt_mask(statistics, v) for v in compared},
-        ),
+        "seed_accuracies": original_post.seed_accuracies(statistics),
     }
     written = []
     for name, fig in drawn.items():

@@ -16,8 +16,10 @@ from pipeline import evaluate, paths
 from pipeline.data.mnist import load_split, scale_images
 from pipeline.errors import PipelineError
 from pipeline.evaluate import Evaluation
+from pipeline.format import accuracy_table, failed_cell, markdown_table
 from pipeline.nn.checkpoint import checkpoints_of, load_checkpoint
 from pipeline.nn.model import DeepMLP
+from pipeline.results import Statistics
 
 
 def constant_model(predicted: int) -> DeepMLP:
@@ -55,6 +57,11 @@ def e(accuracy: float, loss: float) -> Evaluation:
 T_975_DF2 = 4.302652729911275
 
 
+def table_of(statistics: dict) -> str:
+    """reports/accuracy.md for this statistics.json, as evaluate writes it."""
+    return markdown_table(*accuracy_table(Statistics.from_json(statistics))) + "\n"
+
+
 def t_df2_two_sided_p(t: float) -> float:
     """The two-sided p of a t statistic with 2 degrees of freedom, in closed
     form: the CDF is 1/2 + t / (2 sqrt(2 + t^2))."""
@@ -62,12 +69,14 @@ def t_df2_two_sided_p(t: float) -> float:
 
 
 def test_summary_has_means_stds_intervals_and_the_paired_test() -> None:
-    statistics = evaluate.summarize(
+    summary = evaluate.summarize(
         {
             "bn": {0: e(0.98, 0.1), 1: e(0.96, 0.3), 2: e(0.97, 0.2)},
             "nobn": {0: e(0.95, 0.2), 1: e(0.95, 0.35), 2: e(0.93, 0.32)},
         }
     )
+    statistics = summary.to_json()
+    assert Statistics.from_json(statistics) == summary  # what statistics.json reads back as
     bn = statistics["bn"]
     assert bn["seeds"] == 3
     assert bn["test_accuracy"] == pytest.approx(0.97)
@@ -90,11 +99,12 @@ def test_summary_has_means_stds_intervals_and_the_paired_test() -> None:
     assert diff["test_accuracy_p_value"] == pytest.approx(t_df2_two_sided_p(t))
     assert diff["test_loss"] == pytest.approx(-0.09)
     assert 0 < diff["test_loss_p_value"] < 1
-    table = evaluate.accuracy_table(statistics)
-    assert "| bn | 3 of 3 | 0 (0 to 71%) | 97.00 | 1.00 | 94.52 to 99.48 | | 0.2000 |" in table
-    assert f"| bn - nobn | 3 pairs | | +2.67 | 1.53 | {100 * (mean - half):+.2f} to " in table
-    assert f"| {diff['test_accuracy_p_value']:.2g} | -0.0900 |" in table
-    assert evaluate.compared(statistics) == {
+    table = table_of(statistics)
+    assert "| with BatchNorm | 3 | 97.00 | 94.52 to 99.48 | 1.00 |  | 0.2000 |" in table
+    assert failed_cell(summary.bn.outcomes) == "0 of 3 (95% CI 0 to 71%)"  # shown once one fails
+    assert f"| bn - nobn (paired) | 3 | +2.67 | {100 * (mean - half):+.2f} to " in table
+    assert f" | 1.53 | {diff['test_accuracy_p_value']:.2g} | -0.0900 |" in table
+    assert evaluate.compared(summary) == {
         "bn": {"acc": pytest.approx(0.97), "failed": 0},
         "nobn": {"acc": pytest.approx(0.9433333), "failed": 0},
         "gain": {"acc": pytest.approx(mean), "p": diff["test_accuracy_p_value"]},
@@ -102,16 +112,15 @@ def test_summary_has_means_stds_intervals_and_the_paired_test() -> None:
 
 
 def test_one_seed_has_no_spread_interval_or_p_value() -> None:
-    statistics = evaluate.summarize({"bn": {0: e(0.98, 0.1)}, "nobn": {0: e(0.95, 0.2)}})
+    summary = evaluate.summarize({"bn": {0: e(0.98, 0.1)}, "nobn": {0: e(0.95, 0.2)}})
+    statistics = summary.to_json()
     for entry in (statistics["bn"], statistics["bn_minus_nobn"]):
         assert entry["seeds"] == 1
         assert entry["test_accuracy_std"] is None and entry["test_accuracy_ci95"] is None
     assert statistics["bn_minus_nobn"]["test_accuracy"] == pytest.approx(0.03)
     assert statistics["bn_minus_nobn"]["test_accuracy_p_value"] is None
-    assert "| bn - nobn | 1 pairs | | +3.00 | - | - | - | -0.1000 |" in evaluate.accuracy_table(
-        statistics
-    )
-    assert evaluate.compared(statistics)["gain"] == {"acc": pytest.approx(0.03), "p": None}
+    assert "| bn - nobn (paired) | 1 | +3.00 | - | - | - | -0.1000 |" in table_of(statistics)
+    assert evaluate.compared(summary)["gain"] == {"acc": pytest.approx(0.03), "p": None}
     parent = evaluate.parent_metrics(statistics, "bn")
     assert parent == {
         "eval/bn/test_accuracy": 0.98,
@@ -125,7 +134,7 @@ def test_one_seed_has_no_spread_interval_or_p_value() -> None:
 
 
 def test_failed_seeds_are_counted_and_left_out_of_the_means() -> None:
-    statistics = evaluate.summarize(
+    summary = evaluate.summarize(
         {
             "bn": {0: e(0.98, 0.1), 1: e(0.96, 0.3), 2: e(0.97, 0.2), 3: e(0.97, 0.2)},
             "nobn": {
@@ -136,6 +145,7 @@ def test_failed_seeds_are_counted_and_left_out_of_the_means() -> None:
             },
         }
     )
+    statistics = summary.to_json()
     nobn = statistics["nobn"]
     assert (nobn["seeds"], nobn["learnt"]) == (4, 2)
     assert nobn["test_accuracy"] == pytest.approx(0.94)  # seeds 0 and 3 only
@@ -152,21 +162,25 @@ def test_failed_seeds_are_counted_and_left_out_of_the_means() -> None:
     assert diff["seeds"] == 2
     assert diff["test_accuracy"] == pytest.approx(((0.98 - 0.95) + (0.97 - 0.93)) / 2)
     assert statistics["bn"]["test_accuracy"] == pytest.approx(0.97)  # every bn seed learnt
-    table = evaluate.accuracy_table(statistics)
-    assert "| nobn | 2 of 4 | 2: 1 diverged, 1 not learning (7 to 93%) | 94.00 |" in table
-    assert evaluate.compared(statistics)["nobn"] == {"acc": pytest.approx(0.94), "failed": 2}
+    table = table_of(statistics)
+    assert ("| without BatchNorm | 2 of 4 | 2 of 4 (1 diverged, 1 not learning; 95% CI 7 to 93%) "
+            "| 94.00 |") in table  # fmt: skip
+    assert evaluate.compared(summary)["nobn"] == {"acc": pytest.approx(0.94), "failed": 2}
 
 
 def test_no_seed_learnt_leaves_means_and_gain_null() -> None:
     failed = dataclasses.replace(e(0.1, math.nan), diverged=True)
     statistics = evaluate.summarize({"bn": {0: e(0.98, 0.1), 1: e(0.97, 0.1)},
-                                     "nobn": {0: failed, 1: failed}})  # fmt: skip
+                                     "nobn": {0: failed, 1: failed}}).to_json()  # fmt: skip
     assert statistics["nobn"]["test_accuracy"] is None and statistics["nobn"]["learnt"] == 0
     diff = statistics["bn_minus_nobn"]
     assert (diff["seeds"], diff["test_accuracy"], diff["test_accuracy_p_value"]) == (0, None, None)
-    table = evaluate.accuracy_table(statistics)
-    assert "| nobn | 0 of 2 | 2: 2 diverged (16 to 100%) | - | - | - | | - |" in table
-    assert "| bn - nobn | 0 pairs | | - | - | - | - | - |" in table
+    table = table_of(statistics)
+    assert (
+        "| without BatchNorm | 0 of 2 | 2 of 2 (2 diverged; 95% CI 16 to 100%) | - | - | - |  | - |"
+        in table
+    )
+    assert "| bn - nobn (paired) | 0 of 2 |  | - | - | - | - | - |" in table
     parent = evaluate.parent_metrics(statistics, "nobn")
     assert parent == {"eval/nobn/failed": 2, "eval/nobn/diverged": 2, "eval/nobn/not_learning": 0}
 
@@ -189,7 +203,9 @@ def test_checkpoints_are_ordered_by_seed_number(tmp_path: Path) -> None:
 
 def test_stage_metrics_match_a_fresh_evaluation(reported: Path) -> None:
     statistics = json.loads((reported / paths.STATISTICS_FILE).read_text())
-    assert json.loads((reported / paths.METRICS_FILE).read_text()) == evaluate.compared(statistics)
+    assert json.loads((reported / paths.METRICS_FILE).read_text()) == evaluate.compared(
+        Statistics.from_json(statistics)
+    )
     images, labels = load_split(reported / paths.RAW_DIR, train=False)
     for variant in ("bn", "nobn"):
         for seed, path in checkpoints_of(reported / paths.MODELS_DIR / variant).items():
@@ -205,10 +221,8 @@ def test_stage_metrics_match_a_fresh_evaluation(reported: Path) -> None:
         statistics["bn"]["per_seed"]["0"]["test_accuracy"]
     )
     table = (reported / paths.ACCURACY_TABLE).read_text()
-    assert (
-        f"| nobn | 2 of 2 | 0 (0 to 84%) | {100 * statistics['nobn']['test_accuracy']:.2f} |"
-        in table
-    )
+    assert table == table_of(statistics)  # written from statistics.json's numbers
+    assert f"| without BatchNorm | 2 | {100 * statistics['nobn']['test_accuracy']:.2f} |" in table
 
 
 def test_final_training_accuracy_equals_evaluation(reported: Path) -> None:

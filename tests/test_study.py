@@ -19,9 +19,11 @@ from pipeline import experiments, paths, study
 from pipeline.errors import ParamsError, PipelineError
 from pipeline.evaluate import Evaluation, summarize
 from pipeline.experiments import Experiment, Point, Recipe
+from pipeline.format import failed_cell
 from pipeline.params import StudyParams, parse_params
-from pipeline.report import study_report
+from pipeline.report import comparison, study_report
 from pipeline.report.document import Heading, Image, Paragraph, Table
+from pipeline.results import PointResults
 
 from .conftest import REPO, git
 
@@ -545,7 +547,7 @@ def results(bn: list, nobn: list, dead: tuple[float, ...] = (0.1, 0.3),
     layers hold `dead` and `grads`, with it no dead unit and even norms;
     None (as train writes them) for a variant where no seed learnt."""
     statistics = summarize({"bn": {s: evaluation(o) for s, o in enumerate(bn)},
-                            "nobn": {s: evaluation(o) for s, o in enumerate(nobn)}})  # fmt: skip
+                            "nobn": {s: evaluation(o) for s, o in enumerate(nobn)}}).to_json()  # fmt: skip
 
     def layers(variant: str, dead: list, grads: list) -> dict:
         learnt = statistics[variant]["learnt"] > 0
@@ -556,35 +558,40 @@ def results(bn: list, nobn: list, dead: tuple[float, ...] = (0.1, 0.3),
             "nobn": layers("nobn", dead, grads)}  # fmt: skip
 
 
+def point(bn: list, nobn: list) -> PointResults:
+    """results(bn, nobn) as the summaries read them."""
+    return PointResults.from_json(results(bn, nobn))
+
+
 T_975_DF2 = 4.302652729911275  # t quantile, 2 degrees of freedom, 97.5%: from a printed table
 LEARNT_BN = [0.97, 0.96, 0.98, 0.97, 0.97]  # mean 97.00, 95% CI 96.12 to 97.88
 
 
 def rows(gains: dict[int, list[float]]) -> list[study_report.Row]:
     """Rows whose per-seed gains are `gains[depth]` (nobn at 0.9)."""
-    return [study_report.row(d, f"d{d}", results([0.9 + g for g in per_seed], [0.9] * len(per_seed)))
+    return [study_report.row(d, f"d{d}", point([0.9 + g for g in per_seed], [0.9] * len(per_seed)))
             for d, per_seed in gains.items()]  # fmt: skip
 
 
 def test_a_row_holds_accuracies_over_learners_failures_and_diagnostics() -> None:
-    r = study_report.row(20, "d20", results(LEARNT_BN, [0.95, "diverged", 0.11, 0.94, 0.96]))
-    assert (r.value, r.name, r.seeds, r.pairs) == (20, "d20", 5, 3)  # seeds 0, 3 and 4
-    assert r.accuracy["bn"][0] == pytest.approx(0.97)
-    assert r.accuracy["nobn"][0] == pytest.approx(0.95)  # the three that learnt
-    assert r.gain == pytest.approx(0.02)  # 0.02, 0.03, 0.01
+    r = study_report.row(20, "d20", point(LEARNT_BN, [0.95, "diverged", 0.11, 0.94, 0.96]))
+    pairs = r.statistics.bn_minus_nobn.seeds
+    assert (r.value, r.name, r.statistics.seeds, pairs) == (20, "d20", 5, 3)  # seeds 0, 3 and 4
+    assert r.accuracy("bn").mean == pytest.approx(0.97)
+    assert r.accuracy("nobn").mean == pytest.approx(0.95)  # the three that learnt
+    assert r.gain.mean == pytest.approx(0.02)  # 0.02, 0.03, 0.01
     half = T_975_DF2 * 0.01 / math.sqrt(3)  # differences' sample std 0.01, 3 pairs
-    assert r.gain_ci == pytest.approx([0.02 - half, 0.02 + half])
-    assert r.p_value == pytest.approx(1 - 2 * math.sqrt(3) / math.sqrt(14))  # t = 2 sqrt(3), df 2
-    assert (r.failed("bn"), r.failed("nobn")) == (0, 2)
-    nobn = r.outcomes["nobn"]
-    assert (nobn["learnt"], nobn["diverged"], nobn["not_learning"]) == (3, 1, 1)
-    assert nobn["failed_fraction_ci95"] == pytest.approx([0.0527450, 0.8533672])  # exact binomial
+    assert r.gain.ci95 == pytest.approx((0.02 - half, 0.02 + half))
+    t_p = 1 - 2 * math.sqrt(3) / math.sqrt(14)  # t = 2 sqrt(3), df 2
+    assert r.gain.p_value == pytest.approx(t_p)
+    assert (r.outcomes("bn").failed, r.outcomes("nobn").failed) == (0, 2)
+    nobn = r.outcomes("nobn")
+    assert (nobn.learnt, nobn.diverged, nobn.not_learning) == (3, 1, 1)
+    assert nobn.failed_fraction_ci95 == pytest.approx((0.0527450, 0.8533672))  # exact binomial
     assert r.flat == {"bn": 0.0, "nobn": pytest.approx(0.2)}
     assert r.grad_ratio == {"bn": 1.0, "nobn": 0.25}
-    assert study_report.failed_cell(nobn, 5) == (
-        "2 of 5 (1 diverged, 1 not learning; 95% CI 5 to 85%)"
-    )
-    assert study_report.failed_cell(r.outcomes["bn"], 5) == "0 of 5"
+    assert failed_cell(nobn) == "2 of 5 (1 diverged, 1 not learning; 95% CI 5 to 85%)"
+    assert failed_cell(r.outcomes("bn")) == "0 of 5 (95% CI 0 to 52%)"
 
 
 def test_without_failures_the_finding_gives_the_gain_and_where_its_interval_lies() -> None:
@@ -613,9 +620,9 @@ def test_the_finding_spans_consecutive_points_and_lists_the_others() -> None:
 
 def test_failures_are_counted_per_variant_and_the_worse_variant_named() -> None:
     found = [
-        study_report.row(2, "d2", results(LEARNT_BN, [0.95, 0.96, 0.94, 0.95, 0.95])),
-        study_report.row(20, "d20", results(LEARNT_BN, [0.95, "diverged", 0.11, 0.94, 0.96])),
-        study_report.row(30, "d30", results(LEARNT_BN, ["diverged"] * 5)),
+        study_report.row(2, "d2", point(LEARNT_BN, [0.95, 0.96, 0.94, 0.95, 0.95])),
+        study_report.row(20, "d20", point(LEARNT_BN, [0.95, "diverged", 0.11, 0.94, 0.96])),
+        study_report.row(30, "d30", point(LEARNT_BN, ["diverged"] * 5)),
     ]
     assert study_report.failure_sentences(found, "depth") == [
         "With BatchNorm, every seed learnt at every point.",
@@ -630,7 +637,7 @@ def test_failures_are_counted_per_variant_and_the_worse_variant_named() -> None:
         "At depth = 30 the variant without BatchNorm failed more often (5 of 5 seeds against 0; "
         "Fisher's exact test p = 0.0079), so it is the worse one there whatever its learners' "
         "accuracy.",
-        study_report.WHY_SEPARATE,
+        comparison.learnt_only(),
     ]
     gains, failures = study_report.finding_paragraphs(found, "depth")  # a paragraph each
     assert failures == " ".join(study_report.failure_sentences(found, "depth"))
@@ -655,8 +662,8 @@ def test_the_code_sentence_names_each_commit_and_its_points() -> None:
 
 def test_an_interval_outside_0_to_100_percent_is_called_out() -> None:
     # two learners at 95% and 75%: mean 85, t-interval with 1 degree of freedom 85 +- 127
-    r = study_report.row(20, "d20", results(LEARNT_BN, [0.95, 0.1, 0.75, 0.1, 0.1]))
-    low, high = r.accuracy["nobn"][1]
+    r = study_report.row(20, "d20", point(LEARNT_BN, [0.95, 0.1, 0.75, 0.1, 0.1]))
+    low, high = r.accuracy("nobn").ci95
     assert low < 0 and high > 1
     assert study_report.range_sentences([r], "depth") == [
         "At depth = 20 the t-interval of the mean accuracy without BatchNorm runs outside 0 to "
@@ -668,9 +675,10 @@ def test_an_interval_outside_0_to_100_percent_is_called_out() -> None:
 
 
 def test_a_point_where_no_pair_learnt_has_no_gain() -> None:
-    r = study_report.row(30, "d30", results(LEARNT_BN, ["diverged", 0.1, 0.1, 0.1, 0.1]))
-    assert (r.pairs, r.gain, r.gain_ci, r.p_value) == (0, None, None, None)
-    assert r.accuracy["nobn"] == (None, None)
+    r = study_report.row(30, "d30", point(LEARNT_BN, ["diverged", 0.1, 0.1, 0.1, 0.1]))
+    gain, pairs = r.gain, r.statistics.bn_minus_nobn.seeds
+    assert (pairs, gain.mean, gain.ci95, gain.p_value) == (0, None, None, None)
+    assert (r.accuracy("nobn").mean, r.accuracy("nobn").ci95) == (None, None)
     assert r.flat["nobn"] is None and r.grad_ratio["nobn"] is None
     assert study_report.gain_sentences([r], "depth") == [
         "At no point did any seed learn in both variants, so there is no gain to give."
@@ -681,9 +689,10 @@ def test_a_point_where_no_pair_learnt_has_no_gain() -> None:
 
 
 def test_a_point_with_one_pair_has_a_gain_but_no_interval() -> None:
-    one_pair = study_report.row(20, "d20", results([0.97, 0.96, 0.98], [0.95, 0.1, 0.1]))
-    assert (one_pair.pairs, one_pair.gain_ci, one_pair.p_value) == (1, None, None)
-    assert one_pair.gain == pytest.approx(0.02)
+    one_pair = study_report.row(20, "d20", point([0.97, 0.96, 0.98], [0.95, 0.1, 0.1]))
+    gain = one_pair.gain
+    assert (one_pair.statistics.bn_minus_nobn.seeds, gain.ci95, gain.p_value) == (1, None, None)
+    assert gain.mean == pytest.approx(0.02)
     assert study_report.gain_sentences([one_pair], "depth") == [
         "BatchNorm's gain is +2.00 points at depth = 20.",
         "Where fewer than two seeds learnt in both variants there is no interval.",
@@ -692,9 +701,9 @@ def test_a_point_with_one_pair_has_a_gain_but_no_interval() -> None:
 
 def test_the_table_has_a_row_per_point_with_dashes_where_nothing_learnt() -> None:
     found = [
-        study_report.row(2, "workspace", results(LEARNT_BN, [0.95, 0.96, 0.94, 0.95, 0.95])),
-        study_report.row(20, "d20", results(LEARNT_BN, [0.95, "diverged", 0.11, 0.94, 0.96])),
-        study_report.row(30, "d30", results(LEARNT_BN, ["diverged"] * 5)),
+        study_report.row(2, "workspace", point(LEARNT_BN, [0.95, 0.96, 0.94, 0.95, 0.95])),
+        study_report.row(20, "d20", point(LEARNT_BN, [0.95, "diverged", 0.11, 0.94, 0.96])),
+        study_report.row(30, "d30", point(LEARNT_BN, ["diverged"] * 5)),
     ]
     table = study_report.table(found, "depth")
     assert table.header == [
@@ -703,11 +712,12 @@ def test_the_table_has_a_row_per_point_with_dashes_where_nothing_learnt() -> Non
     ]  # fmt: skip
     assert table.rows == [
         ["2", "workspace", "97.00 (96.12 to 97.88)", "95.00 (94.12 to 95.88)",
-         "+2.00 (+0.24 to +3.76)", "0.034", "0 of 5", "0 of 5", "20.0"],
+         "+2.00 (+0.24 to +3.76)", "0.034", "0 of 5 (95% CI 0 to 52%)",
+         "0 of 5 (95% CI 0 to 52%)", "20.0"],
         ["20", "d20", "97.00 (96.12 to 97.88)", "95.00 (92.52 to 97.48)",
-         "+2.00 (-0.48 to +4.48)", "0.074", "0 of 5",
+         "+2.00 (-0.48 to +4.48)", "0.074", "0 of 5 (95% CI 0 to 52%)",
          "2 of 5 (1 diverged, 1 not learning; 95% CI 5 to 85%)", "20.0"],
-        ["30", "d30", "97.00 (96.12 to 97.88)", "-", "-", "-", "0 of 5",
+        ["30", "d30", "97.00 (96.12 to 97.88)", "-", "-", "-", "0 of 5 (95% CI 0 to 52%)",
          "5 of 5 (5 diverged; 95% CI 48 to 100%)", "-"],
     ]  # fmt: skip
 

@@ -12,8 +12,10 @@ import pytest
 
 from pipeline import paths
 from pipeline.errors import PipelineError
-from pipeline.report import comparison, figures, original_post, why
-from pipeline.report.document import Paragraph
+from pipeline.format import LABELS, accuracy_table
+from pipeline.report import comparison, figures, inputs, original_post, why
+from pipeline.report.document import Paragraph, Table
+from pipeline.results import Statistics
 
 from .conftest import run_stages
 
@@ -41,7 +43,7 @@ def fake_history(depth: int, epochs: int, seeds: int) -> figures.History:
         values = {"epoch": epoch, "train_loss": 1 / epoch, "test_loss": 1.2 / epoch,
                   "test_accuracy": 0.9 + 0.01 * epoch, "epoch_seconds": 2.0}  # fmt: skip
         for k in range(1, depth + 1):
-            for name in ("act_mean", "act_std", "dead_fraction", "grad_norm", *why.KEYS):
+            for name in ("act_mean", "act_std", "dead_fraction", "grad_norm", *inputs.KEYS):
                 values[f"layer_{k:02d}/{name}"] = float(rng.uniform(0.01, 1))
         return values
 
@@ -180,7 +182,7 @@ DIVERGED = None  # in statistics_of's accuracies: a seed whose loss became NaN
 
 def statistics_of(
     bn: list[float | None], nobn: list[float | None], losses: tuple[float, float] = (0.08, 0.15)
-) -> dict:
+) -> Statistics:
     """statistics.json as evaluate writes it, for these per-seed accuracies; each
     seed's test loss is `losses` (bn, nobn) shifted by its accuracy's offset from
     the first seed that learnt. DIVERGED is a seed whose network became NaN
@@ -203,12 +205,12 @@ def statistics_of(
 def test_the_headline_gives_the_gain_its_interval_and_p() -> None:
     statistics = statistics_of([0.976, 0.975, 0.978, 0.9755], [0.966, 0.96, 0.968, 0.963])
     line = comparison.headline(statistics, epochs=9)
-    diff = statistics["bn_minus_nobn"]
-    low, high = (100 * x for x in diff["test_accuracy_ci95"])
+    diff = statistics.bn_minus_nobn.test_accuracy
+    low, high = (100 * x for x in diff.ci95)
     assert line.startswith(
-        f"BatchNorm adds +{100 * diff['test_accuracy']:.2f} points of test accuracy "
+        f"BatchNorm adds +{100 * diff.mean:.2f} points of test accuracy "
         f"(95% CI {low:+.2f} to {high:+.2f}; paired t-test p = "
-        f"{diff['test_accuracy_p_value']:.2g}; 4 seeds)."
+        f"{diff.p_value:.2g}; 4 seeds)."
     )
     assert "after 9 epochs" in line and "with BatchNorm" in line
 
@@ -256,11 +258,7 @@ def test_the_verdict_follows_the_numbers() -> None:
 
 
 def test_seed_figure_draws_every_seed_its_pairs_and_the_post() -> None:
-    values = {"bn": [0.97, 0.98, 0.975], "nobn": [0.96, 0.955, 0.965]}
-    values["bn_minus_nobn"] = [a - b for a, b in zip(values["bn"], values["nobn"], strict=True)]
-    intervals = {"bn": [0.96, 0.99], "nobn": [0.95, 0.97], "bn_minus_nobn": [0.0, 0.03]}
-    fig = figures.seed_accuracies(values, intervals, {"bn": 0.9783, "nobn": 0.9598,
-                                                      "bn_minus_nobn": 0.0185})  # fmt: skip
+    fig = original_post.seed_accuracies(statistics_of([0.97, 0.98, 0.975], [0.96, 0.955, 0.965]))
     accuracy, gain = panels(fig)
     pairs = [line for line in accuracy.get_lines() if len(line.get_xdata()) == 2]
     assert len(pairs) == 3  # one line per seed, joining its two models
@@ -286,18 +284,23 @@ def diverged_history(history: figures.History, variant: str, seeds: list[str]) -
 
 def cells(table, variant: str) -> list[str]:
     """The row of `table` that starts with the variant's label."""
-    label = {"bn_minus_nobn": "bn - nobn (paired)"}.get(variant, figures.LABELS.get(variant))
+    label = {"bn_minus_nobn": "bn - nobn (paired)"}.get(variant, LABELS.get(variant))
     return next(row for row in table.rows if row[0] == label)
+
+
+def report_table(statistics: Statistics, history: figures.History) -> Table:
+    """The report's accuracy table (format.accuracy_table with the training columns)."""
+    return Table(*accuracy_table(statistics, comparison.training(history, statistics)))
 
 
 def test_when_every_seed_learnt_the_report_says_nothing_new() -> None:
     statistics = statistics_of([0.976, 0.979, 0.977], [0.962, 0.958, 0.961])
     history = fake_history(depth=3, epochs=2, seeds=3)
     assert comparison.failures_paragraph(statistics) is None
-    table = comparison.accuracy_table(statistics, history)
+    table = report_table(statistics, history)
     assert table.header[:3] == ["variant", "seeds", "final accuracy"]
     assert cells(table, "nobn")[1] == "3" and cells(table, "bn_minus_nobn")[1] == "3"
-    seeds = {v: original_post.learnt_seeds(statistics, v) for v in figures.LABELS}
+    seeds = {v: statistics.learnt_seeds(v) for v in LABELS}
     section = why.blocks(history, seeds, "relu")
     paragraphs = [b.text for b in section if isinstance(b, Paragraph)]
     text = " ".join([comparison.headline(statistics, epochs=2), comparison.accuracy_note(statistics),
@@ -327,11 +330,11 @@ def test_failed_seeds_are_counted_with_the_interval_of_the_failure_rate() -> Non
     assert line.startswith("BatchNorm adds +1.47 points of test accuracy (95% CI ")
     assert "; 3 seeds of 5, those where both learnt). " in line
     assert "with BatchNorm, 96.00% (95% CI " in line and " without (3 of 5 seeds)." in line
-    table = comparison.accuracy_table(statistics, fake_history(depth=3, epochs=2, seeds=5))
+    table = report_table(statistics, fake_history(depth=3, epochs=2, seeds=5))
     assert table.header[1:3] == ["seeds learnt", "failed to learn (95% CI)"]
-    assert cells(table, "bn")[1:4] == ["5 of 5", "0 (0 to 52%)", "97.42"]
-    assert cells(table, "nobn")[1:4] == ["3 of 5", "2: 1 diverged, 1 not learning (5 to 85%)",
-                                         "96.00"]  # fmt: skip
+    assert cells(table, "bn")[1:4] == ["5 of 5", "0 of 5 (95% CI 0 to 52%)", "97.42"]
+    assert cells(table, "nobn")[1:4] == ["3 of 5", "2 of 5 (1 diverged, 1 not learning; 95% CI "
+                                         "5 to 85%)", "96.00"]  # fmt: skip
     assert cells(table, "bn_minus_nobn")[1:4] == ["3 of 5", "", "+1.47"]
     assert "It counts only the seeds where both variants learnt." in comparison.accuracy_note(
         statistics
@@ -355,21 +358,19 @@ def test_a_variant_with_no_learnt_seed_has_no_numbers_and_no_why() -> None:
                            "BatchNorm to give. Test accuracy after 2 epochs, mean over the seeds "
                            "that learnt: 97.50% (95% CI ")  # fmt: skip
     assert line.endswith(" with BatchNorm, no seed learnt without BatchNorm.")
-    table = comparison.accuracy_table(statistics, history)
-    assert cells(table, "nobn")[1:] == ["0 of 3", "3: 2 diverged, 1 not learning (29 to 100%)",
-                                        "-", "-", "-", "", "-", "-", "-", "2.00"]  # fmt: skip
+    table = report_table(statistics, history)
+    assert cells(table, "nobn")[1:] == ["0 of 3", "3 of 3 (2 diverged, 1 not learning; 95% CI "
+                                        "29 to 100%)", "-", "-", "-", "", "-", "-", "-", "2.00"]  # fmt: skip
     assert cells(table, "bn_minus_nobn")[1:8] == ["0 of 3", "", "-", "-", "-", "-", ""]
     assert "No seed of 3 learnt with both variants" in comparison.accuracy_note(statistics)
-    seeds = {v: original_post.learnt_seeds(statistics, v) for v in figures.LABELS}
+    seeds = {v: statistics.learnt_seeds(v) for v in LABELS}
     method, table, verdict = why.blocks(history, seeds, "relu")
     assert "mean over each variant's seeds that learnt" in method.text
     assert table.rows[1] == ["without BatchNorm", "0 of 3"] + ["-"] * 8
     assert table.rows[0][1] == "3 of 3" and table.rows[0][2] != "-"
     assert verdict.text.startswith("No seed learnt without BatchNorm, so the post's explanation, "
                                    "a comparison of the two variants, is not tested")  # fmt: skip
-    evaluation = {
-        v: {str(s): {"class_accuracy": [0.9] * 10} for s in range(3)} for v in figures.LABELS
-    }
+    evaluation = {v: {str(s): {"class_accuracy": [0.9] * 10} for s in range(3)} for v in LABELS}
     _, rows = comparison.per_class_table(evaluation, statistics)
     assert rows[0] == ["0", "90.00", "0.00", "-", "-", "-"]
 
@@ -407,12 +408,12 @@ def test_no_seed_learnt_at_all_says_so_and_crashes_nowhere() -> None:
     assert comparison.headline(statistics, epochs=2) == (
         "No seed learnt with either variant: there is no accuracy and no gain to give."
     )
-    seeds = {v: original_post.learnt_seeds(statistics, v) for v in figures.LABELS}
+    seeds = {v: statistics.learnt_seeds(v) for v in LABELS}
     assert why.blocks(history, seeds, "relu") == [Paragraph(
         "No seed learnt with either variant, so the post's explanation is not tested: a network "
         "that failed to learn shows its failure, not how the variant learns."
     )]  # fmt: skip
-    table = comparison.accuracy_table(statistics, history)
+    table = report_table(statistics, history)
     assert cells(table, "bn")[3] == "-" and cells(table, "bn_minus_nobn")[3] == "-"
     assert "0 learnt with BatchNorm, 0 without" in original_post.reproduction(statistics)[1][0]
 
@@ -433,11 +434,11 @@ def test_figures_leave_out_or_mark_what_diverged() -> None:
     nobn = accuracy.get_lines()[1]
     assert nobn.get_label() == "without BatchNorm (3 seeds, 1 diverged)"
     assert np.isfinite(nobn.get_ydata()).all()  # the other seeds' mean after the divergence
-    values = {"bn": [0.97, 0.98, 0.975], "nobn": [0.96, 0.098, 0.1]}
-    values["bn_minus_nobn"] = [a - b for a, b in zip(values["bn"], values["nobn"], strict=True)]
-    learnt = {"bn": [True] * 3, "nobn": [True, False, False], "bn_minus_nobn": [True, False, False]}
-    fig = figures.seed_accuracies(values, {"bn": [0.96, 0.99], "nobn": None, "bn_minus_nobn": None},
-                                  {"bn": 0.9783, "nobn": 0.9598, "bn_minus_nobn": 0.0185}, learnt)  # fmt: skip
+    statistics = statistics_of([0.97, 0.98, 0.975], [0.96, DIVERGED, 0.1])  # nobn: 0.098 when NaN
+    assert statistics.per_seed("nobn") == [0.96, 0.098, 0.1]
+    masks = [statistics.learnt_mask(v) for v in ("nobn", "bn_minus_nobn")]
+    assert masks == [[True, False, False]] * 2
+    fig = original_post.seed_accuracies(statistics)
     accuracy, gain = panels(fig)
     crosses = [c for c in accuracy.collections + gain.collections if c.get_gid() == "failed"]
     assert sorted(len(c.get_offsets()) for c in crosses) == [2, 2]

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.report import figures, why
+from pipeline.report import figures, inputs, why
 from pipeline.report.document import Paragraph, Table
 from pipeline.stats import estimate
 from pipeline.visualize import input_figures
@@ -104,9 +104,9 @@ def test_an_interval_across_a_threshold_decides_nothing() -> None:
 
 def test_the_gradient_ratio_is_first_over_last_and_its_mean_geometric() -> None:
     row = epoch_row(1, depth=5, flat=0.2, ratio=0.05, median=0.0)
-    assert why.gradient_ratio(row) == pytest.approx(0.05)
+    assert inputs.gradient_ratio(row) == pytest.approx(0.05)
     row["layer_05/input_grad_norm"] = 0.0  # no logarithm of a zero ratio: left out
-    assert why.gradient_ratio(row) is None
+    assert inputs.gradient_ratio(row) is None
     summary = why.geometric([0.01, 1.0])
     assert summary.mean == pytest.approx(0.1) and summary.n == 2
     low, high = summary.ci95
@@ -132,8 +132,8 @@ def test_off_centre_looks_at_both_sides_and_logic_is_three_valued() -> None:
 
 def test_the_drift_is_the_range_of_the_unit_median_in_half_spreads() -> None:
     rows = [epoch_row(e, depth=2, flat=0.1, ratio=0.5, median=0.0) for e in range(1, 6)]
-    assert why.drift(rows, layer=2) == pytest.approx(0.4)  # 0.1 to 0.5, half-spread 1
-    assert why.shift(rows[0], layer=1) == pytest.approx(0.0)
+    assert inputs.drift(rows, layer=2) == pytest.approx(0.4)  # 0.1 to 0.5, half-spread 1
+    assert inputs.shift(rows[0], layer=1) == pytest.approx(0.0)
 
 
 def test_one_seed_gives_values_without_intervals() -> None:
@@ -177,7 +177,7 @@ def old_history() -> figures.History:
 
 def test_old_histories_say_the_diagnostics_are_missing_and_draw_nothing() -> None:
     history = old_history()
-    assert not why.has_diagnostics(history) and why.has_diagnostics(SUPPORTING)
+    assert not inputs.has_diagnostics(history) and inputs.has_diagnostics(SUPPORTING)
     assert why.blocks(history, all_seeds(history), "relu") == [Paragraph(why.MISSING)]
     assert input_figures(history, {"depth": 4}) == {}  # no activation key: an older checkpoint
     assert set(input_figures(SUPPORTING, {"depth": 4})) == {"input_percentiles", "input_gradients"}

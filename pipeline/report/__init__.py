@@ -1,2 +1,2 @@
-"""Reporting: the statistics across seeds, the figures, and the reports
-(the comparison of the two variants, and the depth study's)."""
+"""Reporting: the report comparing the two variants, the study and paper
+summaries, their figures, and the document they are rendered as."""

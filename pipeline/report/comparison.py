@@ -9,21 +9,19 @@ from dataclasses import dataclass
 from statistics import fmean, median
 from typing import Any
 
-from pipeline.format import failed_cell, pct, show_interval
+from pipeline.format import LABELS, Training, accuracy_table, number, pct, show_interval
 from pipeline.report import why
 from pipeline.report.document import Block, Heading, Image, Paragraph, Table
-from pipeline.report.figures import LABELS, History
 from pipeline.report.original_post import (
     POST_AVERAGE_LOSS,
     POST_CORRECT,
     POST_TEST_BATCHES,
     TEST_IMAGES,
-    any_failed,
-    learnt_seeds,
     post_accuracy,
     reproduction,
 )
-from pipeline.stats import CHANCE, DIVERGED, NEAR_CHANCE, NOT_LEARNING, mean_std
+from pipeline.results import History, Statistics, VariantStatistics
+from pipeline.stats import CHANCE, NEAR_CHANCE, mean_std
 
 
 @dataclass(frozen=True)
@@ -35,13 +33,13 @@ class Context:
     commit: str
     device: str
     date: str
-    statistics: dict  # reports/statistics.json: means, intervals, tests, per seed
+    statistics: Statistics  # reports/statistics.json: means, intervals, tests, per seed
     evaluation: dict  # reports/evaluation.json
     history: History
     figures: dict[str, str]  # figure name -> path relative to the report
 
 
-def headline(statistics: dict, epochs: int) -> str:
+def headline(statistics: Statistics, epochs: int) -> str:
     """ "BatchNorm adds +X points of test accuracy (95% CI a to b; paired
     t-test p = ...; N seeds)" over the seeds where both variants learnt, and
     the two means over the seeds that learnt; where there is nothing to
@@ -50,30 +48,28 @@ def headline(statistics: dict, epochs: int) -> str:
     return " ".join(s for s in sentences if s)
 
 
-def _gain_sentence(statistics: dict) -> str:
+def _gain_sentence(statistics: Statistics) -> str:
     """BatchNorm's paired gain over the seeds where both variants learnt, or
     why there is none."""
-    diff, seeds = statistics["bn_minus_nobn"], statistics["bn"]["seeds"]
-    pairs = diff["seeds"]
+    pairs, seeds = statistics.bn_minus_nobn.seeds, statistics.seeds
+    gain = statistics.bn_minus_nobn.test_accuracy
     if pairs == 0:
-        if not any(statistics[v]["learnt"] for v in LABELS):
+        if not any(statistics.of(v).learnt for v in LABELS):
             return "No seed learnt with either variant: there is no accuracy and no gain to give."
         return "No seed learnt with both variants, so there is no paired gain of BatchNorm to give."
-    gain = 100 * diff["test_accuracy"]
-    verb = "adds" if gain > 0 else "changes test accuracy by"
-    what = f"BatchNorm {verb} {gain:+.2f} points{' of test accuracy' if gain > 0 else ''}"
-    if pairs > 1 and diff["test_accuracy_ci95"] is not None:
-        low, high = (100 * x for x in diff["test_accuracy_ci95"])
-        p = diff["test_accuracy_p_value"]
+    verb = "adds" if gain.mean > 0 else "changes test accuracy by"
+    what = f"BatchNorm {verb} {100 * gain.mean:+.2f} points"
+    what += " of test accuracy" if gain.mean > 0 else ""
+    if pairs > 1 and gain.ci95 is not None:
         test = (
-            f"paired t-test p = {p:.2g}"
-            if p is not None
+            f"paired t-test p = {gain.p_value:.2g}"
+            if gain.p_value is not None
             else "no t-test: every seed's gain is the same"
         )
         counted = f"{pairs} seeds" + (
             "" if pairs == seeds else f" of {seeds}, those where both learnt"
         )
-        what += f" (95% CI {low:+.2f} to {high:+.2f}; {test}; {counted})"
+        what += f" (95% CI {show_interval(gain.ci95, sign='+')}; {test}; {counted})"
     elif seeds == 1:
         what += (" (one seed: a confidence interval and a p-value need at least two; "
                  "list more seeds in train.seeds)")  # fmt: skip
@@ -83,83 +79,78 @@ def _gain_sentence(statistics: dict) -> str:
     return what + "."
 
 
-def _means_sentence(statistics: dict, epochs: int) -> str:
+def _means_sentence(statistics: Statistics, epochs: int) -> str:
     """Each variant's mean test accuracy over its seeds that learnt; "" when
     no seed learnt at all."""
-    if not any(statistics[v]["learnt"] for v in LABELS):
+    if not any(statistics.of(v).learnt for v in LABELS):
         return ""
-    over = "the seeds that learnt" if any_failed(statistics) else "seeds"
-    means = ", ".join(_mean_clause(statistics, v) for v in LABELS)
+    over = "the seeds that learnt" if statistics.any_failed else "seeds"
+    means = ", ".join(_mean_clause(statistics.of(v), v) for v in LABELS)
     return f"Test accuracy after {epochs} epochs, mean over {over}: {means}."
 
 
-def _mean_clause(statistics: dict, variant: str) -> str:
+def _mean_clause(entry: VariantStatistics, variant: str) -> str:
     """ "97.50% (95% CI 97.00 to 98.00) with BatchNorm (3 of 5 seeds)"; the
     count only when some seed failed; "no seed learnt without BatchNorm"."""
-    entry = statistics[variant]
-    if entry["test_accuracy"] is None:
+    accuracy = entry.test_accuracy
+    if accuracy.mean is None:
         return f"no seed learnt {LABELS[variant]}"
     name = LABELS[variant] if variant == "bn" else "without"
-    counted = (
-        f" ({entry['learnt']} of {entry['seeds']} seeds)" if entry["outcomes"]["failed"] else ""
-    )
-    return f"{pct(entry['test_accuracy'])}%{_ci(entry['test_accuracy_ci95'])} {name}{counted}"
+    counted = f" ({entry.learnt} of {entry.seeds} seeds)" if entry.outcomes.failed else ""
+    interval = "" if accuracy.ci95 is None else f" (95% CI {show_interval(accuracy.ci95)})"
+    return f"{pct(accuracy.mean)}%{interval} {name}{counted}"
 
 
-def _ci(interval: list[float] | None) -> str:
-    return "" if interval is None else f" (95% CI {pct(interval[0])} to {pct(interval[1])})"
-
-
-def _it(variant: str) -> str:
-    return "with it" if variant == "bn" else "without it"
-
-
-def failures_paragraph(statistics: dict) -> str | None:
+def failures_paragraph(statistics: Statistics) -> str | None:
     """How many seeds of each variant failed to learn and how, with the exact
     binomial 95% interval of the failure rate, the variant that failed more
     often first; then why accuracies and gain are over the seeds that learnt.
     None when every seed learnt."""
-    if not any_failed(statistics):
+    if not statistics.any_failed:
         return None
-    first, second = sorted(("nobn", "bn"), key=lambda v: -statistics[v]["outcomes"]["failed"])
+    first, second = sorted(("nobn", "bn"), key=lambda v: -statistics.of(v).outcomes.failed)
+    it = "with it" if second == "bn" else "without it"
     counts = (
-        f"{_failed_clause(statistics[first], f'seeds {LABELS[first]} failed to learn', ' of seeds')}"
-        f"; {_failed_clause(statistics[second], _it(second), '')}."
+        f"{_failed_clause(statistics.of(first), f'seeds {LABELS[first]} failed to learn', ' of seeds')}"
+        f"; {_failed_clause(statistics.of(second), it, '')}."
     )
-    return f"{counts} {_why_learnt_only(statistics['bn_minus_nobn']['seeds'])}"
+    return f"{counts} {learnt_only(statistics.bn_minus_nobn.seeds)}"
 
 
-def _failed_clause(entry: dict, who: str, unit: str) -> str:
+def _failed_clause(entry: VariantStatistics, who: str, unit: str) -> str:
     """ "2 of 5 seeds without BatchNorm failed to learn (1 diverged, 1 ended
     below 20% test accuracy; 95% CI 5% to 85% of seeds)"; "none of 5 with it
     (95% CI 0% to 52%)"."""
-    outcomes = entry["outcomes"]
-    how = [f"{outcomes[DIVERGED]} diverged"] if outcomes[DIVERGED] else []
-    if outcomes[NOT_LEARNING]:
-        how.append(f"{outcomes[NOT_LEARNING]} ended below {100 * NEAR_CHANCE:.0f}% test accuracy")
-    low, high = (100 * x for x in outcomes["failed_fraction_ci95"])
+    outcomes = entry.outcomes
+    how = [f"{outcomes.diverged} diverged"] if outcomes.diverged else []
+    if outcomes.not_learning:
+        how.append(f"{outcomes.not_learning} ended below {100 * NEAR_CHANCE:.0f}% test accuracy")
+    low, high = (100 * x for x in outcomes.failed_fraction_ci95)
     details = [", ".join(how)] if how else []
     details.append(f"95% CI {low:.0f}% to {high:.0f}%{unit}")
-    return f"{outcomes['failed'] or 'none'} of {entry['seeds']} {who} ({'; '.join(details)})"
+    return f"{outcomes.failed or 'none'} of {entry.seeds} {who} ({'; '.join(details)})"
 
 
-def _why_learnt_only(pairs: int) -> str:
+def learnt_only(pairs: int | None = None) -> str:
+    """Why accuracies and the gain are over the seeds that learnt (the
+    report's and the study summaries'); with `pairs`, how many pairs the gain
+    is over."""
+    here = "" if pairs is None else f": {pairs or 'none'} here"
     return (
         "Accuracies and the gain are over the seeds that learnt (the gain over the seeds where "
-        f"both variants learnt: {pairs or 'none'} here), because a mean over learners and failures "
-        f"(near the {100 * CHANCE:.0f}% of chance, or diverged) mixes two populations and its "
-        "t-interval can run outside 0-100%; a variant that fails more often is worse even when "
-        "its learners are as good."
+        f"both variants learnt{here}), because a mean over learners and failures (near the "
+        f"{100 * CHANCE:.0f}% of chance, or diverged) mixes two populations and its t-interval "
+        "can run outside 0-100%; a variant that fails more often is worse even when its "
+        "learners are as good."
     )
 
 
 def findings(context: Context) -> list[str]:
     """The headline and how many seeds failed to learn (when some did),
     generated from the numbers; the *why* has its own section (why_section)."""
-    statistics = context.statistics
-    failures = failures_paragraph(statistics)
+    failures = failures_paragraph(context.statistics)
     return [
-        headline(statistics, context.params["train"]["epochs"]),
+        headline(context.statistics, context.params["train"]["epochs"]),
         *([failures] if failures else []),
     ]
 
@@ -170,7 +161,7 @@ def why_section(context: Context) -> list[Block]:
     inputs only where the histories have them."""
     # checkpoints from before the activation was a parameter trained ReLU networks
     activation = context.params["model"].get("activation", "relu")
-    seeds = {v: learnt_seeds(context.statistics, v) for v in LABELS}
+    seeds = {v: context.statistics.learnt_seeds(v) for v in LABELS}
     captions = {
         "input_percentiles": "The fixed unit's activation input over training, every seed "
         "(the BatchNorm paper's Figure 1(b, c))",
@@ -186,84 +177,27 @@ def why_section(context: Context) -> list[Block]:
     ]
 
 
-def _best_epoch(history: History, variant: str, seeds: list[str]) -> tuple[float, float] | None:
-    """Mean over `seeds` of the best test accuracy, and of the epoch reaching
-    it; None without seeds."""
-    if not seeds:
-        return None
-    best = [max(history[variant][s], key=lambda r: r["test_accuracy"]) for s in seeds]
-    return (
-        fmean(r["test_accuracy"] for r in best),
-        fmean(r["epoch"] for r in best),
-    )
+def training(history: History, statistics: Statistics) -> dict[str, Training]:
+    """Per variant, from the training histories: the mean over the seeds that
+    learnt of each one's best test accuracy and of the epoch reaching it
+    (None without such seeds), and the median time per epoch of all seeds."""
+    columns = {}
+    for variant in LABELS:
+        best = [max(history[variant][s], key=lambda r: r["test_accuracy"])
+                for s in statistics.learnt_seeds(variant)]  # fmt: skip
+        columns[variant] = Training(
+            fmean(r["test_accuracy"] for r in best) if best else None,
+            fmean(r["epoch"] for r in best) if best else None,
+            median(r["epoch_seconds"] for runs in history[variant].values() for r in runs),
+        )
+    return columns
 
 
-def _epoch_seconds(history: History, variant: str) -> float:
-    return median(r["epoch_seconds"] for runs in history[variant].values() for r in runs)
-
-
-def _number(value: float | None, spec: str, scale: float = 1) -> str:
-    return "-" if value is None else f"{scale * value:{spec}}"
-
-
-def accuracy_table(statistics: dict, history: History) -> Table:
-    """Per variant the final test accuracy, its interval and std, and the
-    test loss over the seeds that learnt; best accuracy and epoch (over the
-    same seeds) and time per epoch from training; then the paired gain over
-    the seeds where both learnt. When some seed failed, the seeds column says
-    how many learnt and a column counts the failures with the exact binomial
-    95% CI of the failure rate. "-": nothing to compute."""
-    failed = any_failed(statistics)
-    header = ["variant", "seeds learnt" if failed else "seeds",
-              *(["failed to learn (95% CI)"] if failed else []), "final accuracy", "95% CI",
-              "std", "p (paired t-test)", "best accuracy", "best epoch", "final test loss",
-              "s / epoch"]  # fmt: skip
-    rows = [_variant_row(statistics, history, v, failed) for v in LABELS]
-    return Table(header, [*rows, _gain_row(statistics, failed)])
-
-
-def _variant_row(statistics: dict, history: History, variant: str, failed: bool) -> list[str]:
-    """A variant's row of accuracy_table."""
-    v = statistics[variant]
-    best = _best_epoch(history, variant, learnt_seeds(statistics, variant))
-    return [
-        LABELS[variant],
-        f"{v['learnt']} of {v['seeds']}" if failed else str(v["seeds"]),
-        *([failed_cell(v["outcomes"])] if failed else []),
-        _number(v["test_accuracy"], ".2f", 100),
-        show_interval(v["test_accuracy_ci95"]),
-        _number(v["test_accuracy_std"], ".2f", 100),
-        "",
-        "-" if best is None else pct(best[0]),
-        "-" if best is None else f"{best[1]:g}",
-        _number(v["test_loss"], ".4f"),
-        f"{_epoch_seconds(history, variant):.2f}",
-    ]
-
-
-def _gain_row(statistics: dict, failed: bool) -> list[str]:
-    """The paired bn - nobn row of accuracy_table."""
-    diff = statistics["bn_minus_nobn"]
-    return [
-        "bn - nobn (paired)",
-        f"{diff['seeds']} of {statistics['bn']['seeds']}" if failed else str(diff["seeds"]),
-        *([""] if failed else []),
-        _number(diff["test_accuracy"], "+.2f", 100),
-        show_interval(diff["test_accuracy_ci95"], sign="+"),
-        _number(diff["test_accuracy_std"], ".2f", 100),
-        _number(diff["test_accuracy_p_value"], ".2g"),
-        "",
-        "",
-        _number(diff["test_loss"], "+.4f"),
-        "",
-    ]
-
-
-def accuracy_note(statistics: dict) -> str:
+def accuracy_note(statistics: Statistics) -> str:
     """What the accuracy table's numbers are over, and which intervals and
     test it gives."""
-    failed = any_failed(statistics)
-    pairs, seeds = statistics["bn_minus_nobn"]["seeds"], statistics["bn"]["seeds"]
+    failed = statistics.any_failed
+    pairs, seeds = statistics.bn_minus_nobn.seeds, statistics.seeds
     if pairs > 1:
         intervals = (
             "95% CI: t-interval of the mean over seeds; the bn - nobn row pairs each seed's two "
@@ -292,7 +226,7 @@ def accuracy_note(statistics: dict) -> str:
     )
 
 
-def per_class_table(evaluation: dict, statistics: dict) -> tuple[list[str], list[list[str]]]:
+def per_class_table(evaluation: dict, statistics: Statistics) -> tuple[list[str], list[list[str]]]:
     """Per digit: each variant's accuracy, mean (and std with several seeds)
     across its seeds that learnt, and the difference of the means; "-" where
     no seed (for the std: fewer than two) learnt."""
@@ -300,16 +234,15 @@ def per_class_table(evaluation: dict, statistics: dict) -> tuple[list[str], list
     header = ["digit"]
     for variant in LABELS:
         header += [LABELS[variant]] + (["std"] if several else [])
-    stats = {v: _class_means(evaluation[v], learnt_seeds(statistics, v)) for v in LABELS}
+    means = {v: _class_means(evaluation[v], statistics.learnt_seeds(v)) for v in LABELS}
     rows = []
     for digit in range(len(next(iter(evaluation["bn"].values()))["class_accuracy"])):
         row = [str(digit)]
         for variant in LABELS:
-            mean, std = stats[variant][digit] if stats[variant] else (None, None)
-            row += [_number(mean, ".2f", 100)] + ([_number(std, ".2f", 100)] if several else [])
-        means = [stats[v][digit][0] if stats[v] else None for v in ("bn", "nobn")]
-        difference = None if None in means else means[0] - means[1]
-        rows.append([*row, _number(difference, "+.2f", 100)])
+            mean, std = means[variant][digit] if means[variant] else (None, None)
+            row += [pct(mean)] + ([pct(std)] if several else [])
+        bn, nobn = (means[v][digit][0] if means[v] else None for v in ("bn", "nobn"))
+        rows.append([*row, number(None if None in (bn, nobn) else bn - nobn, "+.2f", 100)])
     return [*header, "bn - nobn"], rows
 
 
@@ -339,13 +272,13 @@ def build(context: Context) -> list[Block]:
     run_rows += [[f"SHA-256 {name}", digest] for name, digest in sorted(context.digests.items())]
     figures = context.figures
     post_table, post_verdict = reproduction(statistics)
-    over = "the seeds that learnt" if any_failed(statistics) else "seeds"
+    over = "the seeds that learnt" if statistics.any_failed else "seeds"
     return [
         Heading("BatchNorm vs no BatchNorm: a deep, narrow MLP on MNIST", 1),
         *(Paragraph(line) for line in findings(context)),
         Heading("Accuracy"),
         Paragraph(accuracy_note(statistics)),
-        accuracy_table(statistics, context.history),
+        Table(*accuracy_table(statistics, training(context.history, statistics))),
         Image(figures["seed_accuracies"], "Every seed's final test accuracy, paired by seed"),
         Paragraph(f"Per class, test accuracy (%), mean (and std) across {over}:"),
         Table(class_header, class_rows),

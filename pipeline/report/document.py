@@ -9,6 +9,8 @@ import html
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.format import markdown_table
+
 
 @dataclass(frozen=True)
 class Heading:
@@ -44,12 +46,7 @@ def render_markdown(blocks: list[Block]) -> str:
         elif isinstance(block, Paragraph):
             out.append(block.text)
         elif isinstance(block, Table):
-            out.append(
-                "\n".join(
-                    ["| " + " | ".join(block.header) + " |", "|" + "---|" * len(block.header)]
-                    + ["| " + " | ".join(row) + " |" for row in block.rows]
-                )
-            )
+            out.append(markdown_table(block.header, block.rows))
         else:
             out.append(f"![{block.caption}]({block.path})")
     return "\n\n".join(out) + "\n"

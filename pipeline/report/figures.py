@@ -10,17 +10,30 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullLocator
 
-COLORS = {"bn": "tab:blue", "nobn": "tab:orange"}
-LABELS = {"bn": "with BatchNorm", "nobn": "without BatchNorm"}
+from pipeline.format import LABELS
+from pipeline.results import History, depth_of, layer_key
 
-# history: variant -> seed -> per-epoch rows of metrics (data/models/<v>/history.json)
-History = dict[str, dict[str, list[dict[str, float]]]]
+COLORS = {"bn": "tab:blue", "nobn": "tab:orange"}
+ACTIVATION_NAMES = {"relu": "ReLU", "tanh": "tanh", "sigmoid": "sigmoid"}
+
+
+def dress(ax: Axes, title: str = "", xlabel: str = "", ylabel: str = "",
+          legend: float | None = None, **grid: Any) -> None:  # fmt: skip
+    """An axes' title and labels (those given), a light grid (`grid`: its
+    options, e.g. axis="y") and a legend at font size `legend`."""
+    for setter, text in ((ax.set_title, title), (ax.set_xlabel, xlabel), (ax.set_ylabel, ylabel)):
+        if text:
+            setter(text)
+    ax.grid(alpha=0.3, **grid)
+    if legend:
+        ax.legend(fontsize=legend)
 
 
 def square(vector: np.ndarray) -> np.ndarray:
@@ -137,30 +150,30 @@ def training_curves(history: History) -> Figure:
     fig = Figure(figsize=(13, 3.8))
     fig.subplots_adjust(left=0.06, right=0.98, top=0.84, bottom=0.14, wspace=0.28)
     axes = fig.subplots(1, 3)
-    panels = [
+    shown = [
         ("train_loss", "train loss (mean over batches)"),
         ("test_loss", "test loss"),
         ("test_accuracy", "test accuracy (%)"),
     ]
-    for ax, (key, ylabel) in zip(axes, panels, strict=True):
+    for ax, (key, ylabel) in zip(axes, shown, strict=True):
         for variant, runs in history.items():
             epochs, values = _series(runs, key)
             scale = 100 if key == "test_accuracy" else 1
             mean, std = (scale * x for x in _finite_mean_std(values))
-            diverged = sum(bool(rows[-1].get("diverged")) for rows in runs.values())
-            label = f"{LABELS[variant]} ({len(runs)} seed{'s' if len(runs) > 1 else ''}" + (
-                f", {diverged} diverged)" if diverged else ")"
-            )
-            ax.plot(epochs, mean, marker="o", color=COLORS[variant], label=label)
+            ax.plot(epochs, mean, marker="o", color=COLORS[variant], label=_seeds(variant, runs))
             if len(runs) > 1:
                 ax.fill_between(epochs, mean - std, mean + std, color=COLORS[variant], alpha=0.2)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(ylabel)
-        ax.set_title(ylabel.split(" (")[0].capitalize())
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        dress(ax, ylabel.split(" (")[0].capitalize(), "epoch", ylabel, legend=8)
     fig.suptitle("Training curves")
     return fig
+
+
+def _seeds(variant: str, runs: dict[str, list[dict]]) -> str:
+    """ "with BatchNorm (3 seeds, 1 diverged)"."""
+    diverged = sum(bool(rows[-1].get("diverged")) for rows in runs.values())
+    return f"{LABELS[variant]} ({len(runs)} seed{'s' * (len(runs) > 1)}" + (
+        f", {diverged} diverged)" if diverged else ")"
+    )
 
 
 def layer_diagnostics(history: History) -> Figure:
@@ -171,22 +184,18 @@ def layer_diagnostics(history: History) -> Figure:
     fig = Figure(figsize=(6 * len(variants), 7))
     fig.subplots_adjust(left=0.08, right=0.98, top=0.9, bottom=0.08, wspace=0.12, hspace=0.3)
     axes = fig.subplots(2, len(variants), squeeze=False, sharey="row")
-    first = next(iter(history[variants[0]].values()))[0]
-    depth = sum(1 for key in first if key.endswith("/grad_norm"))
+    depth = depth_of(next(iter(history[variants[0]].values()))[0])
     colors = [_viridis(i / max(depth - 1, 1)) for i in range(depth)]
     rows = [("grad_norm", "weight-gradient L2 norm"), ("dead_fraction", "dead units (fraction)")]
     for (metric, ylabel), axes_row in zip(rows, axes, strict=True):
         for ax, variant in zip(axes_row, variants, strict=True):
             for layer in range(1, depth + 1):
-                epochs, values = _series(history[variant], f"layer_{layer:02d}/{metric}")
+                epochs, values = _series(history[variant], layer_key(layer, metric))
                 mean, _ = _finite_mean_std(values)
                 ax.plot(epochs, mean, color=colors[layer - 1], label=f"layer {layer}")
-            ax.set_title(f"{ylabel.split(' (')[0]}, {LABELS[variant]}")
-            ax.set_xlabel("epoch")
-            ax.set_ylabel(ylabel)
+            dress(ax, f"{ylabel.split(' (')[0]}, {LABELS[variant]}", "epoch", ylabel)
             if metric == "grad_norm":
                 ax.set_yscale("log")
-            ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, ncol=2)
     fig.suptitle("Per-layer diagnostics (mean across seeds)")
     return fig
@@ -227,97 +236,7 @@ def confusion_matrices(confusions: dict[str, np.ndarray]) -> Figure:
     return fig
 
 
-def seed_accuracies(
-    values: dict[str, list[float]],
-    intervals: dict[str, list[float] | None],
-    post: dict[str, float],
-    learnt: dict[str, list[bool]] | None = None,
-) -> Figure:
-    """Every seed's final test accuracy per variant (dots), their mean and 95%
-    CI, a line joining each seed's two models; beside it each seed's gain
-    (bn - nobn) with its mean and CI. `values` and `intervals` are fractions
-    keyed by bn, nobn and bn_minus_nobn, values in seed order; `post` the
-    original post's single-run figures, drawn as stars. `learnt` (same keys,
-    in seed order; default: every seed learnt) marks the seeds that failed
-    to learn (for the gain, pairs where one did) with crosses and leaves them
-    out of the mean, as the intervals are."""
-    learnt = learnt or {v: [True] * len(x) for v, x in values.items()}
-    fig = Figure(figsize=(10, 4.4))
-    fig.subplots_adjust(left=0.08, right=0.98, top=0.84, bottom=0.14, wspace=0.35)
-    accuracy, gain = fig.subplots(1, 2, gridspec_kw={"width_ratios": [2, 1]})
-    positions = {"bn": 0.0, "nobn": 1.0}
-    for a, b in zip(values["bn"], values["nobn"], strict=True):
-        accuracy.plot([0, 1], [100 * a, 100 * b], color="0.6", lw=1, zorder=1)
-    for variant, x in positions.items():
-        kept, failed = _split(values[variant], learnt[variant])
-        dots = [100 * v for v in kept]
-        if dots:
-            accuracy.scatter([x] * len(dots), dots, color=COLORS[variant], zorder=2,
-                             label=f"{variant}: one dot per seed")  # fmt: skip
-        _crosses(accuracy, x, failed, COLORS[variant], f"{variant}: failed to learn")
-        _mean_and_interval(accuracy, x + 0.12, kept, intervals[variant])
-        accuracy.scatter([x - 0.12], [100 * post[variant]], marker="*", s=160, color="black",
-                         zorder=3, label="original post (one run)" if variant == "bn" else None,
-                         gid="post")  # fmt: skip
-    accuracy.set_xticks(list(positions.values()), [LABELS[v] for v in positions])
-    accuracy.set_xlim(-0.5, 1.5)
-    accuracy.set_ylabel("final test accuracy (%)")
-    accuracy.set_title("Per seed, joined by seed")
-    accuracy.grid(alpha=0.3, axis="y")
-    accuracy.legend(fontsize=7, loc="lower left")
-    differences, failed = _split(values["bn_minus_nobn"], learnt["bn_minus_nobn"])
-    gain.axhline(0, color="0.4", lw=1, ls="--")
-    gain.scatter([0.0] * len(differences), [100 * d for d in differences], color="tab:green",
-                 zorder=2)  # fmt: skip
-    _crosses(gain, 0.0, failed, "tab:green", None)
-    _mean_and_interval(gain, 0.12, differences, intervals["bn_minus_nobn"])
-    gain.scatter([-0.12], [100 * post["bn_minus_nobn"]], marker="*", s=160, color="black",
-                 zorder=3, gid="post")  # fmt: skip
-    gain.set_xticks([0.0], ["bn - nobn"])
-    gain.set_xlim(-0.5, 0.5)
-    gain.set_ylabel("gain (points)")
-    gain.set_title("BatchNorm's gain per seed")
-    gain.grid(alpha=0.3, axis="y")
-    seeds = len(values["bn_minus_nobn"])
-    crosses = ", failed to learn (crosses)" if not all(all(x) for x in learnt.values()) else ""
-    fig.suptitle(
-        f"Final test accuracy of {seeds} seed{'s' if seeds > 1 else ''}: "
-        f"mean with 95% CI (bars), original post (stars){crosses}"
-    )
-    return fig
-
-
-def _split(values: list[float], learnt: list[bool]) -> tuple[list[float], list[float]]:
-    """(values of the seeds that learnt, values of those that did not)."""
-    return (
-        [v for v, ok in zip(values, learnt, strict=True) if ok],
-        [v for v, ok in zip(values, learnt, strict=True) if not ok],
-    )
-
-
-def _crosses(ax: Axes, x: float, values: list[float], color: str, label: str | None) -> None:
-    """The seeds that failed to learn, as crosses; nothing when none did."""
-    if values:
-        ax.scatter([x] * len(values), [100 * v for v in values], marker="x", color=color,
-                   zorder=2, label=label, gid="failed")  # fmt: skip
-
-
-def _mean_and_interval(
-    ax: Axes, x: float, values: list[float], interval: list[float] | None
-) -> None:
-    """A diamond at the mean, with the interval as an error bar (none with one
-    seed); nothing without values (no seed learnt)."""
-    if not values:
-        return
-    mean = 100 * float(np.mean(values))
-    errors = None
-    if interval is not None:
-        errors = [[mean - 100 * interval[0]], [100 * interval[1] - mean]]
-    ax.errorbar([x], [mean], yerr=errors, fmt="D", color="black", capsize=4, zorder=3)
-
-
 PERCENTILE_COLORS = {15: "tab:green", 50: "black", 85: "tab:purple"}
-ACTIVATION_NAMES = {"relu": "ReLU", "tanh": "tanh", "sigmoid": "sigmoid"}
 
 
 def input_percentiles(history: History, activation: str, layer: int | None = None) -> Figure:
@@ -330,8 +249,7 @@ def input_percentiles(history: History, activation: str, layer: int | None = Non
     from pipeline.nn.diagnostics import TYPICAL_UNIT, flat_threshold
 
     variants = list(history)
-    depth = sum(1 for k in next(iter(history[variants[0]].values()))[0] if k.endswith("/unit_p50"))
-    layer = layer or depth
+    layer = layer or depth_of(next(iter(history[variants[0]].values()))[0])
     fig = Figure(figsize=(5.5 * len(variants), 4.2))
     fig.subplots_adjust(left=0.08, right=0.98, top=0.84, bottom=0.13, wspace=0.06)
     axes = fig.subplots(1, len(variants), squeeze=False, sharey=True)[0]
@@ -339,18 +257,14 @@ def input_percentiles(history: History, activation: str, layer: int | None = Non
     for ax, variant in zip(axes, variants, strict=True):
         runs = history[variant]
         for q, color in PERCENTILE_COLORS.items():
-            epochs, values = _series(runs, f"layer_{layer:02d}/unit_p{q}")
+            epochs, values = _series(runs, layer_key(layer, f"unit_p{q}"))
             for number, seed in enumerate(values):
                 ax.plot(epochs, seed, color=color, lw=0.9, alpha=0.75,
                         label=f"{q}th percentile" if number == 0 else None)  # fmt: skip
         for y in sorted({-edge, edge}):
             ax.axhline(y, color="0.5", lw=0.8, ls="--")
-        diverged = sum(bool(rows[-1].get("diverged")) for rows in runs.values())
-        ax.set_title(f"{LABELS[variant]} ({len(runs)} seed{'s' * (len(runs) > 1)}"
-                     + (f", {diverged} diverged)" if diverged else ")"))  # fmt: skip
-        ax.set_xlabel("epoch")
+        dress(ax, _seeds(variant, runs), "epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"input of {ACTIVATION_NAMES[activation]}")
     axes[0].legend(fontsize=8)
     fig.suptitle(
@@ -370,18 +284,14 @@ def input_gradients(history: History) -> Figure:
     ax = fig.subplots()
     for variant, runs in history.items():
         finals = [rows[-1] for rows in runs.values() if not rows[-1].get("diverged")]
-        depth = sum(1 for k in next(iter(runs.values()))[-1] if k.endswith("/input_grad_norm"))
-        layers = np.arange(1, depth + 1)
+        layers = np.arange(1, depth_of(next(iter(runs.values()))[-1]) + 1)
         for number, row in enumerate(finals):
-            values = [row[f"layer_{k:02d}/input_grad_norm"] for k in layers]
+            values = [row[layer_key(k, "input_grad_norm")] for k in layers]
             ax.plot(layers, [math.nan if v is None else v for v in values], color=COLORS[variant],
                     lw=0.9, marker=".", label=f"{LABELS[variant]}, one line per seed"
                     if number == 0 else None)  # fmt: skip
     ax.set_yscale("log")
-    ax.set_xlabel("hidden layer (input side first)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel("gradient norm at the activation's input")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    dress(ax, "", "hidden layer (input side first)", "gradient norm at the activation's input", 8)
     fig.suptitle("Gradient at each layer's activation input, last epoch")
     return fig

@@ -1,14 +1,20 @@
 """The original post's figures (the seed of this project: one model per
-variant, one run each) beside this run's seeds that learnt, and the verdict
-on them in plain words, computed from reports/statistics.json."""
+variant, one run each) beside this run's seeds that learnt, as a table, a
+verdict in plain words and a figure, computed from reports/statistics.json."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
-from pipeline.format import pct, show_interval
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from pipeline.format import LABELS, number, pct, show_interval
 from pipeline.report.document import Table
-from pipeline.report.figures import LABELS
+from pipeline.report.figures import COLORS, dress
+from pipeline.results import DIFFERENCE, Statistics
 from pipeline.stats import LEARNT, difference_prediction, estimate
 
 # The original post (the seed of this project): one model per variant, one
@@ -34,47 +40,6 @@ def post_loss_per_image(variant: str) -> tuple[float, float, float]:
     return printed * factor, (printed - 0.00005) * factor, (printed + 0.00005) * factor
 
 
-def per_seed(statistics: dict, variant: str, key: str = "test_accuracy") -> list[float]:
-    """A variant's per-seed values, in seed order, whether or not the seed
-    learnt; for "bn_minus_nobn", the paired differences."""
-    if variant == "bn_minus_nobn":
-        bn, nobn = per_seed(statistics, "bn", key), per_seed(statistics, "nobn", key)
-        return [a - b for a, b in zip(bn, nobn, strict=True)]
-    by_seed = statistics[variant]["per_seed"]
-    return [by_seed[seed][key] for seed in sorted(by_seed, key=int)]
-
-
-def learnt_seeds(statistics: dict, variant: str) -> list[str]:
-    """The seeds (keys of per_seed, in seed order) whose model learnt; for
-    "bn_minus_nobn", those where both variants' models learnt."""
-    if variant == "bn_minus_nobn":
-        nobn = set(learnt_seeds(statistics, "nobn"))
-        return [seed for seed in learnt_seeds(statistics, "bn") if seed in nobn]
-    by_seed = statistics[variant]["per_seed"]
-    return [seed for seed in sorted(by_seed, key=int) if by_seed[seed]["outcome"] == LEARNT]
-
-
-def learnt_mask(statistics: dict, variant: str) -> list[bool]:
-    """Per seed, in seed order: did it learn (for "bn_minus_nobn": did both)."""
-    learnt = set(learnt_seeds(statistics, variant))
-    return [seed in learnt for seed in sorted(statistics["bn"]["per_seed"], key=int)]
-
-
-def learnt_values(statistics: dict, variant: str, key: str = "test_accuracy") -> list[float]:
-    """per_seed's values over the seeds that learnt, what statistics.json's
-    means are over; for "bn_minus_nobn", the differences where both learnt."""
-    seeds = learnt_seeds(statistics, variant)
-    if variant == "bn_minus_nobn":
-        bn, nobn = ([statistics[v]["per_seed"][s][key] for s in seeds] for v in ("bn", "nobn"))
-        return [a - b for a, b in zip(bn, nobn, strict=True)]
-    return [statistics[variant]["per_seed"][seed][key] for seed in seeds]
-
-
-def any_failed(statistics: dict) -> bool:
-    """Did some seed of either variant fail to learn?"""
-    return any(statistics[v]["outcomes"]["failed"] for v in LABELS)
-
-
 def _prediction(values: list[float]) -> tuple[float, float] | None:
     """The 95% prediction interval of one more run (None under two values)."""
     return estimate(values).prediction95 if values else None
@@ -84,75 +49,69 @@ def _inside(value: float, interval: tuple[float, float] | list[float] | None) ->
     return interval is not None and interval[0] <= value <= interval[1]
 
 
-def _value(value: float | None, spec: str, scale: float = 100) -> str:
-    return "-" if value is None else f"{scale * value:{spec}}"
-
-
-def _per_seed_cell(statistics: dict, variant: str, key: str, spec: str, scale: float) -> str:
+def _per_seed_cell(statistics: Statistics, variant: str, key: str, spec: str, scale: float) -> str:
     """Every seed's value, in seed order; a seed that failed to learn shows
     its outcome ("diverged", "not learning"), a pair where one did "-"."""
-    seeds = sorted(statistics["bn"]["per_seed"], key=int)
-    if variant == "bn_minus_nobn":
-        pairs = learnt_seeds(statistics, variant)
-        gains = dict(zip(pairs, learnt_values(statistics, variant, key), strict=True))
-        return ", ".join(_value(gains.get(seed), spec, scale) for seed in seeds)
-    by_seed = statistics[variant]["per_seed"]
+    seeds = statistics.seed_order()
+    if variant == DIFFERENCE:
+        pairs = statistics.learnt_seeds(variant)
+        gains = dict(zip(pairs, statistics.learnt_values(variant, key), strict=True))
+        return ", ".join(number(gains.get(seed), spec, scale) for seed in seeds)
+    by_seed = statistics.of(variant).per_seed
     return ", ".join(
-        _value(by_seed[s][key], spec, scale)
-        if by_seed[s]["outcome"] == LEARNT
-        else by_seed[s]["outcome"].replace("_", " ")
+        number(getattr(by_seed[s], key), spec, scale)
+        if by_seed[s].outcome == LEARNT
+        else by_seed[s].outcome.replace("_", " ")
         for s in seeds
     )
 
 
-def reproduction(statistics: dict) -> tuple[Table, list[str]]:
+def reproduction(statistics: Statistics) -> tuple[Table, list[str]]:
     """The original post's single-run figures beside this run's seeds that
     learnt, and a verdict in plain words computed from them (see `verdict`).
     What cannot be computed (a mean with no learnt seed, an interval with
     fewer than two) shows "-"."""
-    post = {v: post_accuracy(v) for v in ("bn", "nobn")}
-    post["bn_minus_nobn"] = post["bn"] - post["nobn"]
-    learnt = {v: learnt_values(statistics, v) for v in ("bn", "nobn")}
-    predictions = {v: _prediction(learnt[v]) for v in ("bn", "nobn")}
+    post = {v: post_accuracy(v) for v in LABELS}
+    post[DIFFERENCE] = post["bn"] - post["nobn"]
+    learnt = {v: statistics.learnt_values(v) for v in LABELS}
+    predictions = {v: _prediction(learnt[v]) for v in LABELS}
     # The post's gain compares two independently started runs: the interval
     # for it is that of an unpaired difference, not of a seed's paired gain.
-    predictions["bn_minus_nobn"] = difference_prediction(learnt["bn"], learnt["nobn"])
+    predictions[DIFFERENCE] = difference_prediction(learnt["bn"], learnt["nobn"])
     rows = []
-    for variant, label in (("bn", "with BatchNorm"), ("nobn", "without BatchNorm"),
-                           ("bn_minus_nobn", "gain (bn - nobn)")):  # fmt: skip
-        sign = "+" if variant == "bn_minus_nobn" else ""
+    for variant, label in (*LABELS.items(), (DIFFERENCE, "gain (bn - nobn)")):
+        sign, accuracy = "+" if variant == DIFFERENCE else "", statistics.of(variant).test_accuracy
         rows.append([label, f"{100 * post[variant]:{sign}.2f}",
-                     _value(statistics[variant]["test_accuracy"], f"{sign}.2f"),
-                     show_interval(statistics[variant]["test_accuracy_ci95"], sign=sign),
+                     number(accuracy.mean, f"{sign}.2f", 100), show_interval(accuracy.ci95, sign=sign),
                      show_interval(predictions[variant], sign=sign),
                      _per_seed_cell(statistics, variant, "test_accuracy", f"{sign}.2f", 100)])  # fmt: skip
-    for variant, label in (("bn", "with BatchNorm"), ("nobn", "without BatchNorm")):
-        losses = learnt_values(statistics, variant, "test_loss")
+    for variant, label in LABELS.items():
+        loss = statistics.of(variant).test_loss
         converted, low, high = post_loss_per_image(variant)
         rows.append([f"test loss per image, {label}",
-                     f"{converted:.3f} ({low:.3f} to {high:.3f})",
-                     _value(statistics[variant]["test_loss"], ".3f", scale=1),
-                     show_interval(statistics[variant]["test_loss_ci95"], scale=1, digits=3),
-                     show_interval(_prediction(losses), scale=1, digits=3),
+                     f"{converted:.3f} ({low:.3f} to {high:.3f})", number(loss.mean, ".3f"),
+                     show_interval(loss.ci95, scale=1, digits=3),
+                     show_interval(_prediction(statistics.learnt_values(variant, "test_loss")),
+                                   scale=1, digits=3),
                      _per_seed_cell(statistics, variant, "test_loss", ".3f", 1)])  # fmt: skip
     table = Table(["", "original post (one run)", "this run: mean", "95% CI of the mean",
                    "95% prediction interval, one run", "per seed"], rows)  # fmt: skip
     return table, verdict(statistics, post, predictions)
 
 
-def too_few_learnt(statistics: dict) -> str | None:
+def too_few_learnt(statistics: Statistics) -> str | None:
     """Why the post cannot be compared with this run, or None when it can:
     one seed (no spread at all), or fewer than two seeds that learnt with a
     variant, or with both (a prediction interval and the CI of the mean gain
     need two)."""
-    seeds, pairs = statistics["bn"]["seeds"], statistics["bn_minus_nobn"]["seeds"]
+    seeds, pairs = statistics.seeds, statistics.bn_minus_nobn.seeds
     if seeds < 2:
         return (
             "With one seed there is no spread to compare the post against: no interval can "
             "say whether its figures are what this setup gives. List several seeds in "
             "train.seeds (the default is five)."
         )
-    learnt = {v: statistics[v]["learnt"] for v in ("bn", "nobn")}
+    learnt = {v: statistics.of(v).learnt for v in LABELS}
     if min(learnt.values()) >= 2 and pairs >= 2:
         return None
     return (
@@ -163,7 +122,9 @@ def too_few_learnt(statistics: dict) -> str | None:
 
 
 def verdict(
-    statistics: dict, post: dict[str, float], predictions: dict[str, tuple[float, float] | None]
+    statistics: Statistics,
+    post: dict[str, float],
+    predictions: dict[str, tuple[float, float] | None],
 ) -> list[str]:
     """The plain-words verdict: do each of the post's accuracies and
     converted losses fall in the 95% prediction interval of one run here;
@@ -174,13 +135,11 @@ def verdict(
     reason = too_few_learnt(statistics)
     if reason is not None:
         return [reason]
-    seeds = statistics["bn_minus_nobn"]["seeds"]
-    counted = f"{seeds} seeds" + (
-        "" if seeds == statistics["bn"]["seeds"] else " where both learnt"
-    )
+    seeds = statistics.bn_minus_nobn.seeds
+    counted = f"{seeds} seeds" + ("" if seeds == statistics.seeds else " where both learnt")
     lines = []
     plausible = {}
-    for variant, label in (("bn", "with BatchNorm"), ("nobn", "without BatchNorm")):
+    for variant, label in LABELS.items():
         interval = predictions[variant]
         plausible[variant] = _inside(post[variant], interval)
         lines.append(
@@ -189,9 +148,9 @@ def verdict(
             f"for one run here ({show_interval(interval)})"
             + ("." if plausible[variant] else ": a single run of this setup rarely scores that.")
         )
-    losses = {v: post_loss_per_image(v)[0] for v in ("bn", "nobn")}
+    losses = {v: post_loss_per_image(v)[0] for v in LABELS}
     for variant in losses:
-        interval = _prediction(learnt_values(statistics, variant, "test_loss"))
+        interval = _prediction(statistics.learnt_values(variant, "test_loss"))
         plausible[f"{variant} loss"] = _inside(losses[variant], interval)
     outside = [v for v in losses if not plausible[f"{v} loss"]]
     lines.append(
@@ -206,10 +165,10 @@ def verdict(
         )
         + " the 95% prediction intervals of one run's test loss here."
     )
-    gain, ci = post["bn_minus_nobn"], statistics["bn_minus_nobn"]["test_accuracy_ci95"]
-    mean_gain = 100 * statistics["bn_minus_nobn"]["test_accuracy"]
+    gain, ci = post[DIFFERENCE], statistics.bn_minus_nobn.test_accuracy.ci95
+    mean_gain = 100 * statistics.bn_minus_nobn.test_accuracy.mean
     in_ci = _inside(gain, ci)
-    plausible["gain"] = _inside(gain, predictions["bn_minus_nobn"])
+    plausible["gain"] = _inside(gain, predictions[DIFFERENCE])
     direction = "over" if gain > mean_gain / 100 else "under"
     lines.append(
         f"Its gain of {100 * gain:+.2f} points is {'inside' if in_ci else 'outside'} the 95% CI "
@@ -218,7 +177,7 @@ def verdict(
         + ". The post's two models did not share initial weights or batch order, so its gain "
         "is the difference of two independent runs, which varies more than a seed's paired "
         f"gain: the 95% prediction interval for such a difference here is "
-        f"{show_interval(predictions['bn_minus_nobn'], sign='+')}, and {100 * gain:+.2f} lies "
+        f"{show_interval(predictions[DIFFERENCE], sign='+')}, and {100 * gain:+.2f} lies "
         f"{'inside' if plausible['gain'] else 'outside'} it."
     )
     excludes_zero = ci is not None and (ci[0] > 0 or ci[1] < 0)
@@ -241,3 +200,85 @@ def verdict(
         + f"; {effect}."
     )
     return lines
+
+
+def seed_accuracies(statistics: Statistics) -> Figure:
+    """Every seed's final test accuracy per variant (dots), their mean and 95%
+    CI, a line joining each seed's two models; beside it each seed's gain
+    (bn - nobn) with its mean and CI; the post's single-run figures as stars.
+    The seeds that failed to learn (for the gain, pairs where one did) are
+    crosses, left out of the mean as they are of the intervals."""
+    names = (*LABELS, DIFFERENCE)
+    values = {v: statistics.per_seed(v) for v in names}
+    intervals = {v: statistics.of(v).test_accuracy.ci95 for v in names}
+    learnt = {v: statistics.learnt_mask(v) for v in names}
+    post = {v: post_accuracy(v) for v in LABELS}
+    post[DIFFERENCE] = post["bn"] - post["nobn"]
+    fig = Figure(figsize=(10, 4.4))
+    fig.subplots_adjust(left=0.08, right=0.98, top=0.84, bottom=0.14, wspace=0.35)
+    accuracy, gain = fig.subplots(1, 2, gridspec_kw={"width_ratios": [2, 1]})
+    positions = {"bn": 0.0, "nobn": 1.0}
+    for a, b in zip(values["bn"], values["nobn"], strict=True):
+        accuracy.plot([0, 1], [100 * a, 100 * b], color="0.6", lw=1, zorder=1)
+    for variant, x in positions.items():
+        kept, failed = _split(values[variant], learnt[variant])
+        dots = [100 * v for v in kept]
+        if dots:
+            accuracy.scatter([x] * len(dots), dots, color=COLORS[variant], zorder=2,
+                             label=f"{variant}: one dot per seed")  # fmt: skip
+        _crosses(accuracy, x, failed, COLORS[variant], f"{variant}: failed to learn")
+        _mean_and_interval(accuracy, x + 0.12, kept, intervals[variant])
+        accuracy.scatter([x - 0.12], [100 * post[variant]], marker="*", s=160, color="black",
+                         zorder=3, label="original post (one run)" if variant == "bn" else None,
+                         gid="post")  # fmt: skip
+    accuracy.set_xticks(list(positions.values()), [LABELS[v] for v in positions])
+    accuracy.set_xlim(-0.5, 1.5)
+    dress(accuracy, "Per seed, joined by seed", ylabel="final test accuracy (%)", axis="y")
+    accuracy.legend(fontsize=7, loc="lower left")
+    differences, failed = _split(values["bn_minus_nobn"], learnt["bn_minus_nobn"])
+    gain.axhline(0, color="0.4", lw=1, ls="--")
+    gain.scatter([0.0] * len(differences), [100 * d for d in differences], color="tab:green",
+                 zorder=2)  # fmt: skip
+    _crosses(gain, 0.0, failed, "tab:green", None)
+    _mean_and_interval(gain, 0.12, differences, intervals["bn_minus_nobn"])
+    gain.scatter([-0.12], [100 * post["bn_minus_nobn"]], marker="*", s=160, color="black",
+                 zorder=3, gid="post")  # fmt: skip
+    gain.set_xticks([0.0], ["bn - nobn"])
+    gain.set_xlim(-0.5, 0.5)
+    dress(gain, "BatchNorm's gain per seed", ylabel="gain (points)", axis="y")
+    seeds = len(values["bn_minus_nobn"])
+    crosses = ", failed to learn (crosses)" if not all(all(x) for x in learnt.values()) else ""
+    fig.suptitle(
+        f"Final test accuracy of {seeds} seed{'s' if seeds > 1 else ''}: "
+        f"mean with 95% CI (bars), original post (stars){crosses}"
+    )
+    return fig
+
+
+def _split(values: list[float], learnt: list[bool]) -> tuple[list[float], list[float]]:
+    """(values of the seeds that learnt, values of those that did not)."""
+    return (
+        [v for v, ok in zip(values, learnt, strict=True) if ok],
+        [v for v, ok in zip(values, learnt, strict=True) if not ok],
+    )
+
+
+def _crosses(ax: Axes, x: float, values: list[float], color: str, label: str | None) -> None:
+    """The seeds that failed to learn, as crosses; nothing when none did."""
+    if values:
+        ax.scatter([x] * len(values), [100 * v for v in values], marker="x", color=color,
+                   zorder=2, label=label, gid="failed")  # fmt: skip
+
+
+def _mean_and_interval(
+    ax: Axes, x: float, values: list[float], interval: Sequence[float] | None
+) -> None:
+    """A diamond at the mean, with the interval as an error bar (none with one
+    seed); nothing without values (no seed learnt)."""
+    if not values:
+        return
+    mean = 100 * float(np.mean(values))
+    errors = None
+    if interval is not None:
+        errors = [[mean - 100 * interval[0]], [100 * interval[1] - mean]]
+    ax.errorbar([x], [mean], yerr=errors, fmt="D", color="black", capsize=4, zorder=3)

@@ -26,14 +26,15 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from pipeline.format import failed_cell, show_interval
+from pipeline.format import LABELS, failed_cell, gain, show_interval, show_value, with_interval
 from pipeline.nn.diagnostics import PERCENTILES, TYPICAL_UNIT
 from pipeline.nn.model import VARIANTS
 from pipeline.nn.training import batch_starts
 from pipeline.report.document import Block, Heading, Image, Paragraph, Table
-from pipeline.report.figures import COLORS, LABELS
-from pipeline.report.study_report import code_sentence, held_fixed, listing, show
-from pipeline.stats import LEARNT, paired
+from pipeline.report.figures import COLORS, dress
+from pipeline.report.study_report import code_sentence, held_fixed, listing
+from pipeline.results import Outcomes, PointResults, TrainReport
+from pipeline.stats import paired
 
 TRAIN_IMAGES = 60_000  # MNIST's training set: steps per epoch = its batches
 ACCURACY_FIGURE, PERCENTILE_FIGURE = "{}_accuracy.png", "{}_percentiles.png"
@@ -50,8 +51,7 @@ class Curves:
     steps: list[int]  # training steps at each evaluation
     accuracy: dict[str, list[float]]  # learnt seed -> test accuracy per evaluation
     unit: dict[str, dict[int, list[float]]]  # seed -> percentile -> last layer's unit input
-    outcomes: dict  # stats.failures(...) of all seeds
-    seeds: int
+    outcomes: Outcomes  # of all seeds
 
     def final(self) -> dict[str, float]:
         return {seed: values[-1] for seed, values in self.accuracy.items()}
@@ -60,24 +60,15 @@ class Curves:
         return [statistics.fmean(v) for v in zip(*self.accuracy.values(), strict=True)]
 
 
-def curves(lr: Any, variant: str, summary: dict, batch_size: int) -> Curves:
+def curves(lr: Any, variant: str, summary: TrainReport, batch_size: int) -> Curves:
     """A variant's Curves from its train summary (reports/train/<variant>.json)."""
     per_step = len(batch_starts(TRAIN_IMAGES, batch_size))
-    learnt = [s for s, entry in summary["per_seed"].items() if entry["outcome"] == LEARNT]
-    epochs = summary["per_epoch"][learnt[0]]["epoch"] if learnt else []
-    unit = {}
-    for seed in learnt:
-        layers = summary["per_epoch"][seed]["layers"]
-        unit[seed] = {q: [epoch[-1] for epoch in layers[f"unit_p{q}"]] for q in PERCENTILES}
-    return Curves(
-        lr=lr,
-        variant=variant,
-        steps=[per_step * e for e in epochs],
-        accuracy={s: summary["per_epoch"][s]["test_accuracy"] for s in learnt},
-        unit=unit,
-        outcomes=summary["outcomes"],
-        seeds=len(summary["per_seed"]),
-    )
+    learnt = {seed: summary.per_epoch[seed] for seed in summary.learnt_seeds()}
+    epochs = next(iter(learnt.values())).epoch if learnt else []
+    unit = {seed: {q: [epoch[-1] for epoch in e.layers[f"unit_p{q}"]] for q in PERCENTILES}
+            for seed, e in learnt.items()}  # fmt: skip
+    accuracy = {seed: e.test_accuracy for seed, e in learnt.items()}
+    return Curves(lr, variant, [per_step * e for e in epochs], accuracy, unit, summary.outcomes)
 
 
 def best(points: list[Curves]) -> Curves | None:
@@ -86,16 +77,12 @@ def best(points: list[Curves]) -> Curves | None:
     learnt = [c for c in points if c.accuracy]
     if not learnt:
         return None
-    return min(learnt, key=lambda c: (c.outcomes["failed"], -statistics.fmean(c.final().values())))
+    return min(learnt, key=lambda c: (c.outcomes.failed, -statistics.fmean(c.final().values())))
 
 
 def _common(a: Curves, b: Curves) -> list[str]:
     """Seeds that learnt in both: the pairs (same initial weights and batch order)."""
     return [seed for seed in a.accuracy if seed in b.accuracy]
-
-
-def _pts(fraction: float) -> str:
-    return f"{100 * fraction:+.2f}"
 
 
 def throughout(bn: Curves, nobn: Curves) -> tuple[str, bool]:
@@ -134,7 +121,7 @@ def at_the_end(bn: Curves, nobn: Curves) -> tuple[str, bool | None]:
     text = (
         f"After {bn.steps[-1]:,} steps BatchNorm's test accuracy is "
         f"{100 * means['bn']:.2f}% against the baseline's {100 * means['nobn']:.2f}%, "
-        f"a difference of {_pts(diff.mean)} points{interval}{p} over {len(pairs)} seeds"
+        f"a difference of {gain(diff.mean)} points{interval}{p} over {len(pairs)} seeds"
     )
     if diff.ci95 is None:
         return text + ".", None
@@ -211,13 +198,13 @@ def choices(setting: dict[str, Any], rates: list[Any]) -> str:
     """What the paper leaves open, and what this run chose."""
     momentum = setting["train.momentum"]
     if setting["train.optimizer"] == "sgd":
-        optimiser = "plain SGD" if not momentum else f"SGD with momentum {show(momentum)}"
+        optimiser = "plain SGD" if not momentum else f"SGD with momentum {show_value(momentum)}"
     else:
         optimiser = "Adam"
     return (
         f"The paper names neither optimiser nor learning rate. This run uses {optimiser}, "
         "as in the paper's time, at learning rates "
-        f"{listing([show(r) for r in rates])}, and weights drawn from N(0, {show(setting['model.init_std'])}^2) "
+        f"{listing([show_value(r) for r in rates])}, and weights drawn from N(0, {show_value(setting['model.init_std'])}^2) "
         'with zero biases for the paper\'s "small random Gaussian values"; a binary input '
         "is a pixel above half intensity. Each variant is compared at its own best rate, "
         "so the baseline is tuned as much as BatchNorm is."
@@ -228,23 +215,16 @@ def _verdict(supported: bool | None) -> str:
     return {True: "supported", False: "contradicted", None: "not settled"}[supported]
 
 
-def lr_table(points: dict[Any, dict[str, Curves]], results: dict[Any, dict]) -> Table:
+def lr_table(points: dict[Any, dict[str, Curves]], results: dict[Any, PointResults]) -> Table:
     """Per learning rate: each variant's final accuracy and failures, and the gain at that rate."""
     rows = []
     for lr, pair in points.items():
-        stats = results[lr]["statistics"]
-        gain = stats["bn_minus_nobn"]
-        cells = [show(lr)]
+        statistics = results[lr].statistics
+        cells = [show_value(lr)]
         for variant in VARIANTS:
-            entry = stats[variant]
-            mean = entry["test_accuracy"]
-            cells.append("-" if mean is None else
-                         f"{100 * mean:.2f} ({show_interval(entry['test_accuracy_ci95'])})")  # fmt: skip
-            cells.append(failed_cell(pair[variant].outcomes))
-        cells.append("-" if gain["test_accuracy"] is None else
-                     f"{_pts(gain['test_accuracy'])} "
-                     f"({show_interval(gain['test_accuracy_ci95'], sign='+')})")  # fmt: skip
-        rows.append(cells)
+            cells += [with_interval(statistics.of(variant).test_accuracy, ".2f", 100),
+                      failed_cell(pair[variant].outcomes)]  # fmt: skip
+        rows.append([*cells, with_interval(statistics.bn_minus_nobn.test_accuracy, "+.2f", 100)])
     header = ["lr", "with BatchNorm (%, 95% CI)", "failed", "without (%, 95% CI)", "failed",
               "gain at this lr (points, 95% CI)"]  # fmt: skip
     return Table(header, rows)
@@ -262,10 +242,8 @@ def accuracy_figure(points: dict[Any, dict[str, Curves]]) -> Figure:
                 ax.plot(thousands, values, color=COLORS[variant], lw=0.6, alpha=0.5)
             if c.accuracy:
                 ax.plot(thousands, c.mean_curve(), color=COLORS[variant], lw=2,
-                        label=f"{LABELS[variant]} ({len(c.accuracy)} of {c.seeds} learnt)")  # fmt: skip
-        ax.set_title(f"lr {show(lr)}")
-        ax.set_xlabel("training steps (thousands)")
-        ax.grid(alpha=0.3)
+                        label=f"{LABELS[variant]} ({len(c.accuracy)} of {c.outcomes.seeds} learnt)")  # fmt: skip
+        dress(ax, f"lr {show_value(lr)}", "training steps (thousands)")
         ax.legend(fontsize=7, loc="lower right")
     axes[0].set_ylabel("test accuracy")
     means = [a for pair in points.values() for c in pair.values() if c.accuracy
@@ -290,10 +268,12 @@ def percentile_figure(bn: Curves, nobn: Curves) -> Figure:
                 ax.plot(thousands, values, color=COLORS[c.variant], ls=styles[q], lw=0.9,
                         label=f"{q}th percentile" if seed == next(iter(c.unit)) else None)  # fmt: skip
         ax.axhline(0, color="0.5", lw=0.8)
-        ax.set_title(f"{LABELS[c.variant]} (lr {show(c.lr)})")
-        ax.set_xlabel("training steps (thousands)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        dress(
+            ax,
+            f"{LABELS[c.variant]} (lr {show_value(c.lr)})",
+            "training steps (thousands)",
+            legend=7,
+        )
     axes[0].set_ylabel(f"input of last-layer sigmoid {TYPICAL_UNIT}")
     fig.suptitle("The input distribution of a typical sigmoid over training, every seed: "
                  "Figure 1(b, c)")  # fmt: skip
@@ -310,10 +290,12 @@ def build(
 ) -> tuple[list[Block], dict[str, Figure]]:
     """The paper summary's blocks and figures (the signature of study_report.build)."""
     batch = setting["train.batch_size"]
-    done = {lr: r for lr, r in results.items() if isinstance(r, dict)}
-    points = {lr: {v: curves(lr, v, r[v], batch) for v in VARIANTS} for lr, r in done.items()}
+    done = {lr: PointResults.from_json(r) for lr, r in results.items() if isinstance(r, dict)}
+    points = {lr: {v: curves(lr, v, r.train[v], batch) for v in VARIANTS} for lr, r in done.items()}
     blocks: list[Block] = [Heading("The BatchNorm paper's MNIST experiment, reproduced", 1)]
-    absent = [f"lr = {show(lr)}: {why}" for lr, why in results.items() if isinstance(why, str)]
+    absent = [
+        f"lr = {show_value(lr)}: {why}" for lr, why in results.items() if isinstance(why, str)
+    ]
     chosen = {v: best([pair[v] for pair in points.values()]) for v in VARIANTS}
     figures: dict[str, Figure] = {}
     if chosen["bn"] is None or chosen["nobn"] is None:
@@ -330,9 +312,9 @@ def build(
         ]  # fmt: skip
         blocks += [
             Paragraph(
-                f"{SOURCE}, with {bn.seeds} seeds per variant and learning rate. Each variant "
-                f"is judged at its own best learning rate of {listing([show(lr) for lr in points])} "
-                f"(BatchNorm {show(bn.lr)}, the baseline {show(nobn.lr)}): fewest failed seeds, "
+                f"{SOURCE}, with {bn.outcomes.seeds} seeds per variant and learning rate. Each variant "
+                f"is judged at its own best learning rate of {listing([show_value(lr) for lr in points])} "
+                f"(BatchNorm {show_value(bn.lr)}, the baseline {show_value(nobn.lr)}): fewest failed seeds, "
                 "then the highest mean final test accuracy."
             ),
             Table(

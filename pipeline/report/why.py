@@ -19,10 +19,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import fmean
 
+from pipeline.format import LABELS, with_interval
 from pipeline.nn.diagnostics import TYPICAL_UNIT, flat_threshold
 from pipeline.report.document import Block, Paragraph, Table
-from pipeline.report.figures import LABELS, History
-from pipeline.stats import estimate
+from pipeline.report.figures import ACTIVATION_NAMES
+from pipeline.report.inputs import drift, finite, gradient_ratio, has_diagnostics, mean_flat, shift
+from pipeline.results import History, depth_of, layer_key
+from pipeline.stats import Estimate, estimate
 
 # Pushed to one side: the median of the activation's inputs (all units, test
 # images) is more than half their half-spread ((p85 - p15) / 2, about one
@@ -35,31 +38,15 @@ FLAT_MAJORITY = 0.5
 # activation's input is under a tenth of the last hidden layer's.
 VANISHING = 0.1
 
-# The per-layer keys of history.json this module reads (older code did not write them).
-KEYS = ("input_p15", "input_p50", "input_p85", "unit_p15", "unit_p50", "unit_p85",
-        "flat_fraction", "input_grad_norm")  # fmt: skip
-NAMES = {"relu": "ReLU", "tanh": "tanh", "sigmoid": "the sigmoid"}
 SUPPORTED, NOT_SUPPORTED, UNDECIDED = "Supported", "Not supported", "Not decided by these seeds"
 
 
-@dataclass(frozen=True)
-class Summary:
-    """A mean over seeds and its 95% t-interval (None with one seed)."""
-
-    n: int
-    mean: float
-    ci95: tuple[float, float] | None
-
-
-def arithmetic(values: Sequence[float]) -> Summary | None:
+def arithmetic(values: Sequence[float]) -> Estimate | None:
     """The mean and its t-interval (stats.estimate); None without values."""
-    if not values:
-        return None
-    e = estimate(values)
-    return Summary(e.n, e.mean, e.ci95)
+    return estimate(values) if values else None
 
 
-def geometric(values: Sequence[float]) -> Summary | None:
+def geometric(values: Sequence[float]) -> Estimate | None:
     """For positive ratios: the geometric mean and the t-interval of the mean
     log, exponentiated (ratios multiply, so their logs are what averages);
     None without values."""
@@ -67,10 +54,10 @@ def geometric(values: Sequence[float]) -> Summary | None:
     if logs is None:
         return None
     ci = None if logs.ci95 is None else (math.exp(logs.ci95[0]), math.exp(logs.ci95[1]))
-    return Summary(logs.n, math.exp(logs.mean), ci)
+    return Estimate(logs.n, math.exp(logs.mean), None, ci, None)
 
 
-def above(summary: Summary | None, threshold: float) -> bool | None:
+def above(summary: Estimate | None, threshold: float) -> bool | None:
     """True when the whole interval (one seed: the value) is above the
     threshold, False when none of it is, None when it straddles it or there
     is nothing to judge."""
@@ -82,7 +69,7 @@ def above(summary: Summary | None, threshold: float) -> bool | None:
     return False if high <= threshold else None
 
 
-def off_centre(summary: Summary | None) -> bool | None:
+def off_centre(summary: Estimate | None) -> bool | None:
     """Is the standardised median shift beyond +-OFF_CENTRE (three-valued)?"""
     if summary is None:
         return None
@@ -90,8 +77,8 @@ def off_centre(summary: Summary | None) -> bool | None:
     return above(side, OFF_CENTRE)
 
 
-def _negated(s: Summary) -> Summary:
-    return Summary(s.n, -s.mean, None if s.ci95 is None else (-s.ci95[1], -s.ci95[0]))
+def _negated(s: Estimate) -> Estimate:
+    return Estimate(s.n, -s.mean, None, None if s.ci95 is None else (-s.ci95[1], -s.ci95[0]), None)
 
 
 def both(a: bool | None, b: bool | None) -> bool | None:
@@ -105,75 +92,20 @@ def negation(a: bool | None) -> bool | None:
     return None if a is None else not a
 
 
-def has_diagnostics(history: History) -> bool:
-    """Did the code that trained every seed log KEYS? (Older code did not.)"""
-    return all(
-        f"layer_01/{key}" in rows[-1]
-        for runs in history.values()
-        for rows in runs.values()
-        for key in KEYS
-    )
-
-
-def depth_of(row: dict) -> int:
-    return sum(1 for key in row if key.endswith("/flat_fraction"))
-
-
-def shift(row: dict, layer: int) -> float | None:
-    """How far the median of a layer's activation inputs (all units) sits from
-    the centre 0, in half-spreads ((p85 - p15) / 2), signed; None where a
-    percentile is missing or the inputs do not spread."""
-    p15, p50, p85 = (row[f"layer_{layer:02d}/input_p{q}"] for q in (15, 50, 85))
-    if not all(_finite(v) for v in (p15, p50, p85)) or p85 <= p15:
-        return None
-    return p50 / ((p85 - p15) / 2)
-
-
-def drift(rows: list[dict], layer: int) -> float | None:
-    """How far the fixed unit's median moved over training: the range of
-    unit_p50 across epochs over the mean half-spread of that unit; None
-    without finite values or spread."""
-    key = f"layer_{layer:02d}/unit_"
-    medians = [r[f"{key}p50"] for r in rows if _finite(r[f"{key}p50"])]
-    halves = [(r[f"{key}p85"] - r[f"{key}p15"]) / 2 for r in rows
-              if _finite(r[f"{key}p85"]) and _finite(r[f"{key}p15"])]  # fmt: skip
-    if not medians or not halves or fmean(halves) <= 0:
-        return None
-    return (max(medians) - min(medians)) / fmean(halves)
-
-
-def gradient_ratio(row: dict) -> float | None:
-    """First hidden layer's input_grad_norm over the last's; None where one
-    is missing or not positive (a ratio of zero has no logarithm)."""
-    first, last = (row[f"layer_{k:02d}/input_grad_norm"] for k in (1, depth_of(row)))
-    if not (_finite(first) and _finite(last)) or first <= 0 or last <= 0:
-        return None
-    return first / last
-
-
-def _finite(value: float | None) -> bool:
-    return value is not None and math.isfinite(value)
-
-
-def _mean_flat(row: dict) -> float | None:
-    values = [row[f"layer_{k:02d}/flat_fraction"] for k in range(1, depth_of(row) + 1)]
-    return fmean(values) if all(_finite(v) for v in values) else None
-
-
 @dataclass(frozen=True)
 class VariantWhy:
     """One variant's numbers, over its seeds that learnt, at the last epoch."""
 
     seeds: int
-    median_first: Summary | None  # input_p50, first hidden layer
-    median_last: Summary | None  # input_p50, last hidden layer
-    shift_last: Summary | None  # see shift(), last hidden layer
-    drift: Summary | None  # see drift(), the fixed unit of the last hidden layer
-    flat_mean: Summary | None  # flat_fraction, mean over layers
+    median_first: Estimate | None  # input_p50, first hidden layer
+    median_last: Estimate | None  # input_p50, last hidden layer
+    shift_last: Estimate | None  # see shift(), last hidden layer
+    drift: Estimate | None  # see drift(), the fixed unit of the last hidden layer
+    flat_mean: Estimate | None  # flat_fraction, mean over layers
     worst_layer: int  # from 1: the layer with the largest mean flat_fraction
-    flat_worst: Summary | None
+    flat_worst: Estimate | None
     mostly_flat_layers: int  # layers whose mean flat_fraction is above FLAT_MAJORITY
-    gradient_ratio: Summary | None  # geometric mean of gradient_ratio()
+    gradient_ratio: Estimate | None  # geometric mean of gradient_ratio()
 
 
 def variant_why(runs: dict[str, list[dict]], seeds: list[str]) -> VariantWhy | None:
@@ -185,7 +117,7 @@ def variant_why(runs: dict[str, list[dict]], seeds: list[str]) -> VariantWhy | N
     depth = depth_of(finals[0])
 
     def final(key: str, layer: int) -> list[float]:
-        return [v for r in finals if _finite(v := r[f"layer_{layer:02d}/{key}"])]
+        return [v for r in finals if finite(v := r[layer_key(layer, key)])]
 
     def defined(values: list[float | None]) -> list[float]:
         return [v for v in values if v is not None]
@@ -199,7 +131,7 @@ def variant_why(runs: dict[str, list[dict]], seeds: list[str]) -> VariantWhy | N
         median_last=arithmetic(final("input_p50", depth)),
         shift_last=arithmetic(defined([shift(r, depth) for r in finals])),
         drift=arithmetic(defined([drift(runs[s], depth) for s in seeds])),
-        flat_mean=arithmetic(defined([_mean_flat(r) for r in finals])),
+        flat_mean=arithmetic(defined([mean_flat(r) for r in finals])),
         worst_layer=worst,
         flat_worst=arithmetic(flat[worst]),
         mostly_flat_layers=sum(m > FLAT_MAJORITY for m in means.values()),
@@ -207,14 +139,14 @@ def variant_why(runs: dict[str, list[dict]], seeds: list[str]) -> VariantWhy | N
     )
 
 
-def flat_difference(history: History, seeds: list[str]) -> Summary | None:
+def flat_difference(history: History, seeds: list[str]) -> Estimate | None:
     """Paired over `seeds` (where both variants learnt): nobn's mean flat
     fraction minus bn's, each over layers at the last epoch."""
-    pairs = [(_mean_flat(history["nobn"][s][-1]), _mean_flat(history["bn"][s][-1])) for s in seeds]
+    pairs = [(mean_flat(history["nobn"][s][-1]), mean_flat(history["bn"][s][-1])) for s in seeds]
     return arithmetic([a - b for a, b in pairs if a is not None and b is not None])
 
 
-def verdicts(numbers: dict[str, VariantWhy], difference: Summary | None) -> dict[str, bool | None]:
+def verdicts(numbers: dict[str, VariantWhy], difference: Estimate | None) -> dict[str, bool | None]:
     """Each part of the post's explanation: True supported, False not, None
     undecided. Pushed to one side: without BatchNorm the last hidden layer's
     median is off centre, with it not. Flat region: without BatchNorm some
@@ -236,9 +168,7 @@ def label(verdict: bool | None) -> str:
     return {True: SUPPORTED, False: NOT_SUPPORTED, None: UNDECIDED}[verdict]
 
 
-def show(
-    s: Summary | None, spec: str, scale: float = 1, unit: str = "", ci: str = "95% CI "
-) -> str:
+def show(s: Estimate | None, spec: str, scale: float = 1, unit: str = "") -> str:
     """ "61% (95% CI 59 to 63)"; "0.12 (one seed, no interval)"; "-"."""
     if s is None:
         return "-"
@@ -246,34 +176,25 @@ def show(
     if s.ci95 is None:
         return f"{value} (one seed, no interval)"
     low, high = (f"{scale * x:{spec}}" for x in s.ci95)
-    return f"{value} ({ci}{low} to {high})"
-
-
-def cell(s: Summary | None, spec: str, scale: float = 1) -> str:
-    """A table cell: "0.12 (-0.30 to 0.50)", "0.12" with one seed, "-"."""
-    if s is None:
-        return "-"
-    return show(s, spec, scale, ci="") if s.ci95 else f"{scale * s.mean:{spec}}"
+    return f"{value} (95% CI {low} to {high})"
 
 
 def region(activation: str) -> str:
     """Where the activation is flat, in words."""
     if activation == "relu":
         return "ReLU's flat side, below 0"
-    return (
-        f"{NAMES[activation]}'s flat tails, |z| > {flat_threshold(activation):.2f}, where its "
-        "slope is under a tenth of its maximum"
-    )
+    name, edge = ACTIVATION_NAMES[activation], flat_threshold(activation)
+    return f"{name}'s flat tails, |z| > {edge:.2f}, where its slope is under a tenth of its maximum"
 
 
 def verdict_sentences(
-    numbers: dict[str, VariantWhy], difference: Summary | None, activation: str, failed: bool
+    numbers: dict[str, VariantWhy], difference: Estimate | None, activation: str, failed: bool
 ) -> list[str]:
     """One sentence per part of the post's explanation, its verdict first;
     `failed`: some seed failed to learn (the pairs are those where both learnt)."""
     bn, nobn = numbers["bn"], numbers["nobn"]
     judged = verdicts(numbers, difference)
-    name = NAMES[activation]
+    name = ACTIVATION_NAMES[activation]
     if difference is None:
         paired = "no seed learnt with both variants to pair"
     else:
@@ -329,10 +250,11 @@ def numbers_table(numbers: dict[str, VariantWhy | None], totals: dict[str, int])
             rows.append([LABELS[variant], counted] + ["-"] * (len(header) - 2))
             continue
         rows.append([
-            LABELS[variant], counted, cell(n.median_first, ".3g"), cell(n.median_last, ".3g"),
-            cell(n.shift_last, "+.2f"), cell(n.drift, ".2f"), cell(n.flat_mean, ".0f", 100),
-            f"{cell(n.flat_worst, '.0f', 100)}, layer {n.worst_layer}",
-            str(n.mostly_flat_layers), cell(n.gradient_ratio, ".3g"),
+            LABELS[variant], counted, with_interval(n.median_first, ".3g"),
+            with_interval(n.median_last, ".3g"), with_interval(n.shift_last, "+.2f"),
+            with_interval(n.drift, ".2f"), with_interval(n.flat_mean, ".0f", 100),
+            f"{with_interval(n.flat_worst, '.0f', 100)}, layer {n.worst_layer}",
+            str(n.mostly_flat_layers), with_interval(n.gradient_ratio, ".3g"),
         ])  # fmt: skip
     return Table(header, rows)
 
@@ -343,7 +265,7 @@ def method(activation: str, depth: int, failed: bool) -> str:
     over = "each variant's seeds that learnt" if failed else "seeds"
     return (
         f"The post explains BatchNorm's gain so: without it, the inputs of the activation "
-        f"({NAMES[activation]} here) drift to one side, fall into its flat region and the gradient "
+        f"({ACTIVATION_NAMES[activation]} here) drift to one side, fall into its flat region and the gradient "
         "vanishes toward the input. Each part is tested on the last epoch, mean over "
         f"{over} with its 95% t-interval (one seed: no interval). The "
         "activation's input is the BatchNorm output with BatchNorm and the linear map's output "
