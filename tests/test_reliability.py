@@ -390,6 +390,14 @@ def test_nothing_to_raise_without_a_signal(monkeypatch: pytest.MonkeyPatch) -> N
     cli.raise_if_interrupted()
 
 
+def train_bn_briefly(root: Path, store: Path) -> subprocess.CompletedProcess:
+    """train_bn again in `root`, for one epoch, logging to `store`."""
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["train"]["epochs"] = 1
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    return stage(root, "train --variant bn", {"MLFLOW_TRACKING_URI": f"sqlite:///{store}"})
+
+
 @pytest.mark.parametrize(("how", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_interrupted_training_ends_killed_and_keeps_nothing(
     long_training: Path, how: signal.Signals, status: int
@@ -417,12 +425,7 @@ def test_interrupted_training_ends_killed_and_keeps_nothing(
     assert sorted(r.info.run_name for r in runs) == ["bn", "bn-seed0"]
     assert all(run.info.status == "KILLED" for run in runs)
     # the next run starts cleanly and finishes
-    params = yaml.safe_load((long_training / "params.yaml").read_text())
-    params["train"]["epochs"] = 1
-    (long_training / "params.yaml").write_text(yaml.safe_dump(params))
-    again = stage(
-        long_training, "train --variant bn", {"MLFLOW_TRACKING_URI": f"sqlite:///{store}"}
-    )
+    again = train_bn_briefly(long_training, store)
     assert again.returncode == 0, again.stderr
     assert (long_training / paths.MODELS_DIR / "bn" / "seed0.pt").is_file()
 
@@ -454,12 +457,7 @@ def test_runs_of_a_killed_training_are_ended_by_the_next_run_of_the_stage(
     experiment = client.get_experiment_by_name("stage-test").experiment_id
     left = {r.info.run_name: r.info.status for r in client.search_runs([experiment])}
     assert left == dict.fromkeys(["bn", "bn-seed0", "nobn", "nobn-seed0"], "RUNNING")
-    params = yaml.safe_load((long_training / "params.yaml").read_text())
-    params["train"]["epochs"] = 1
-    (long_training / "params.yaml").write_text(yaml.safe_dump(params))
-    again = stage(
-        long_training, "train --variant bn", {"MLFLOW_TRACKING_URI": f"sqlite:///{store}"}
-    )
+    again = train_bn_briefly(long_training, store)
     assert again.returncode == 0, again.stderr
     runs = client.search_runs([experiment])
     statuses = sorted((r.info.run_name, r.info.status) for r in runs)
@@ -467,7 +465,7 @@ def test_runs_of_a_killed_training_are_ended_by_the_next_run_of_the_stage(
                         ("bn-seed0", "KILLED"), ("nobn", "RUNNING"), ("nobn-seed0", "RUNNING")]  # fmt: skip
     ended = [r for r in runs if r.info.status == "KILLED"]
     assert all("was killed; a later run ended it" in r.data.tags["failure_reason"] for r in ended)
-    assert "left RUNNING" not in again.stderr or "was killed" in again.stderr
+    assert "was killed; a later run ended it" in again.stderr  # the warning, once per run
 
 
 # --- tracking store -----------------------------------------------------------------
